@@ -1,0 +1,139 @@
+"""The clip cache: one folder per clip (uint8 video, float32 MFCC, meta.json), created by an
+atomic rename, so a run killed at any moment leaves only complete clips or hidden temporary
+folders that the next run removes.
+
+cache_dir/manifest.json   the settings every clip was made with
+cache_dir/records.csv     every indexed clip with its split
+cache_dir/clips/<id>/     video.npy (3, T, H, W) uint8, mfcc.npy (S, n_mfcc) float32, meta.json
+cache_dir/failures/<id>.json, failures.csv   files that could not be used, with a reason
+cache_dir/index.csv       one row per cached clip: its record, split, valid_frames, has_audio
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from avlib.paths import read_json, write_csv, write_json
+
+MANIFEST_KEYS = ("frames", "size", "fps", "n_mfcc", "mfcc_steps", "sample_rate", "window", "skip_silence", "face_crop")
+
+
+class CacheError(RuntimeError):
+    """The cache is missing, made with other settings, or holds an unusable entry."""
+
+
+def clip_id(path: str) -> str:
+    """A stable, file-system-safe id for a clip path: readable stem plus a hash of the path."""
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(path).stem).strip("_")[:40] or "clip"
+    return f"{slug}-{hashlib.sha1(path.encode()).hexdigest()[:10]}"
+
+
+def open_cache(cache_dir: str | Path, settings: dict) -> Path:
+    """Create or reopen `cache_dir` for `settings`; raises CacheError if it holds clips made
+    with other settings (mixing them would silently change the data)."""
+    cache_dir = Path(cache_dir)
+    if cache_dir.exists() and not cache_dir.is_dir():
+        raise CacheError(f"parameter `cache_dir` ({cache_dir}) is a file, not a folder")
+    (cache_dir / "clips").mkdir(parents=True, exist_ok=True)
+    (cache_dir / "failures").mkdir(exist_ok=True)
+    manifest = {k: settings[k] for k in MANIFEST_KEYS}
+    path = cache_dir / "manifest.json"
+    if path.exists():
+        old = read_json(path)
+        diff = [k for k in MANIFEST_KEYS if old.get(k) != manifest[k]]
+        if diff:
+            raise CacheError(f"{cache_dir} was made with other settings ({', '.join(f'{k}: {old.get(k)!r} vs {manifest[k]!r}' for k in diff)}); "
+                             f"use another `cache_dir` or delete it")
+    else:
+        write_json(path, manifest)
+    for stale in (cache_dir / "clips").glob(".tmp-*"):   # left by a run killed mid-write
+        shutil.rmtree(stale, ignore_errors=True)
+    return cache_dir
+
+
+def read_manifest(cache_dir: str | Path) -> dict:
+    path = Path(cache_dir) / "manifest.json"
+    if not path.is_file():
+        raise CacheError(f"no clip cache at {cache_dir} (manifest.json missing): run notebooks/01_preprocess.ipynb first")
+    return read_json(path)
+
+
+def is_cached(cache_dir: Path, cid: str) -> bool:
+    return (Path(cache_dir) / "clips" / cid / "meta.json").is_file()
+
+
+def write_clip(cache_dir: Path, cid: str, video: np.ndarray, mfcc: np.ndarray, meta: dict) -> None:
+    """Write one clip atomically: a hidden temporary folder, renamed into place when complete."""
+    clips = Path(cache_dir) / "clips"
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{cid}-", dir=clips))
+    try:
+        np.save(tmp / "video.npy", np.ascontiguousarray(video, dtype=np.uint8))
+        np.save(tmp / "mfcc.npy", np.ascontiguousarray(mfcc, dtype=np.float32))
+        with open(tmp / "meta.json", "w", encoding="utf-8") as f:
+            json.dump(meta, f)
+        for name in ("video.npy", "mfcc.npy", "meta.json"):
+            with open(tmp / name, "rb") as f:
+                os.fsync(f.fileno())
+        final = clips / cid
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    (Path(cache_dir) / "failures" / f"{cid}.json").unlink(missing_ok=True)
+
+
+def write_failure(cache_dir: Path, cid: str, path: str, reason: str) -> None:
+    write_json(Path(cache_dir) / "failures" / f"{cid}.json", {"path": path, "reason": reason})
+
+
+def read_clip(cache_dir: Path, cid: str, manifest: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Memory-mapped (video, mfcc) of one clip; raises CacheError if either is missing or has
+    the wrong shape or dtype."""
+    folder = Path(cache_dir) / "clips" / cid
+    try:
+        video = np.load(folder / "video.npy", mmap_mode="r")
+        mfcc = np.load(folder / "mfcc.npy", mmap_mode="r")
+    except (OSError, ValueError) as e:
+        raise CacheError(f"cache entry {folder} is unreadable: {e}") from e
+    want_v = (3, manifest["frames"], manifest["size"], manifest["size"])
+    want_a = (manifest["mfcc_steps"], manifest["n_mfcc"])
+    if video.shape != want_v or video.dtype != np.uint8 or mfcc.shape != want_a or mfcc.dtype != np.float32:
+        raise CacheError(f"cache entry {folder} has video {video.shape} {video.dtype} and mfcc {mfcc.shape} "
+                         f"{mfcc.dtype}; expected {want_v} uint8 and {want_a} float32")
+    return video, mfcc
+
+
+def rebuild_tables(cache_dir: Path, records: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Write index.csv (records that are cached, with their meta) and failures.csv (the rest
+    that failed) from what is on disk; returns both tables."""
+    cache_dir = Path(cache_dir)
+    rows, failures = [], []
+    for rec in records.to_dict("records"):
+        meta_path = cache_dir / "clips" / rec["clip_id"] / "meta.json"
+        if meta_path.is_file():
+            meta = read_json(meta_path)
+            rows.append({**rec, **{k: meta[k] for k in ("valid_frames", "has_audio", "start_seconds")}})
+        elif (cache_dir / "failures" / f"{rec['clip_id']}.json").is_file():
+            failures.append(read_json(cache_dir / "failures" / f"{rec['clip_id']}.json"))
+    index = pd.DataFrame(rows, columns=list(records.columns) + ["valid_frames", "has_audio", "start_seconds"])
+    fails = pd.DataFrame(failures, columns=["path", "reason"])
+    write_csv(cache_dir / "index.csv", index)
+    write_csv(cache_dir / "failures.csv", fails)
+    return index, fails
+
+
+def read_index(cache_dir: str | Path) -> pd.DataFrame:
+    path = Path(cache_dir) / "index.csv"
+    if not path.is_file():
+        raise CacheError(f"no index.csv in {cache_dir}: run notebooks/01_preprocess.ipynb first")
+    return pd.read_csv(path, dtype={"identity": str, "path": str, "clip_id": str}, keep_default_na=False)

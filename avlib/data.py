@@ -1,0 +1,84 @@
+"""Datasets and loaders over the clip cache. The Dataset memory-maps each clip and returns
+uint8 video; conversion to float in [0, 1] happens on the device
+(avlib.model.video_to_model_input)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, RandomSampler, WeightedRandomSampler
+
+from avlib import cache
+
+
+class CachedClips(Dataset):
+    """Clips of one split of a cache: (video uint8 (3,T,H,W), mfcc float32 (S,n), label int).
+
+    `index` is the DataFrame of the clips in order (for predictions.csv)."""
+
+    def __init__(self, cache_dir: str | Path, split: str = "train"):
+        self.cache_dir = Path(cache_dir)
+        self.manifest = cache.read_manifest(self.cache_dir)
+        index = cache.read_index(self.cache_dir)
+        self.index = (index if split == "all" else index[index["split"] == split]).reset_index(drop=True)
+        self.split = split
+        self.labels = self.index["label"].to_numpy(dtype=np.int64)
+        self._ids = self.index["clip_id"].tolist()
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __getitem__(self, i: int):
+        video, mfcc = cache.read_clip(self.cache_dir, self._ids[i], self.manifest)
+        return torch.from_numpy(np.array(video)), torch.from_numpy(np.array(mfcc)), int(self.labels[i])
+
+
+class FloatClips(Dataset):
+    """The seed's contract: float32 video in [0, 1] straight from the loader (4x the bytes).
+    Kept for the benchmark's side-by-side run of the seed's loop."""
+
+    def __init__(self, base: Dataset):
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        video, mfcc, label = self.base[i]
+        return video.float() / 255.0, mfcc, label
+
+
+class RandomClips(Dataset):
+    """Random tensors of the right shapes (uint8 video), generated on the fly; for benchmarks."""
+
+    def __init__(self, n: int, frames: int, size: int, n_mfcc: int = 40, steps: int = 200, seed: int = 0):
+        self.n, self.shape, self.mfcc_shape, self.seed = n, (3, frames, size, size), (steps, n_mfcc), seed
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        g = torch.Generator().manual_seed(self.seed * 100003 + i)
+        video = torch.randint(0, 256, self.shape, dtype=torch.uint8, generator=g)
+        return video, torch.randn(self.mfcc_shape, generator=g), int(torch.randint(0, 2, (1,), generator=g))
+
+
+def make_loader(dataset: Dataset, *, batch_size: int, train: bool, workers: int = 0,
+                device: torch.device | None = None, balance: str = "none", seed: int = 0) -> DataLoader:
+    """A DataLoader for training (shuffled, or class-balanced when balance='sampler') or
+    evaluation (in order). The shuffling generator is reseeded each epoch by `fit`, so a
+    resumed run sees the same order as an uninterrupted one."""
+    sampler = None
+    generator = torch.Generator().manual_seed(seed)
+    if train:
+        labels = getattr(dataset, "labels", None)
+        if balance == "sampler" and labels is not None and len(np.unique(labels)) > 1:
+            counts = np.bincount(labels, minlength=2)
+            weights = torch.as_tensor(1.0 / counts[labels], dtype=torch.double)
+            sampler = WeightedRandomSampler(weights, num_samples=len(labels), replacement=True, generator=generator)
+        else:
+            sampler = RandomSampler(dataset, generator=generator)
+    pin = device is not None and device.type == "cuda"
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
+                      pin_memory=pin, persistent_workers=workers > 0, drop_last=False)

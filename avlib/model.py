@@ -1,0 +1,126 @@
+"""The seed's detector: R(2+1)D-18 video encoder + 2-layer LSTM over MFCCs, concatenated,
+then a small classifier. Faithful to the seed except the audio permute bug: the LSTM takes
+MFCCs as (B, S, n_mfcc), which is what the loader yields."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torchvision
+
+from avlib.checkpoint import load_state_dict
+
+MODALITIES = ("av", "video", "audio")
+
+
+class VideoEncoder(nn.Module):
+    """R(2+1)D-18 from torchvision (no downloaded weights), fc -> `out_features`."""
+
+    def __init__(self, out_features: int = 512):
+        super().__init__()
+        self.model = torchvision.models.video.r2plus1d_18(weights=None)
+        self.model.fc = nn.Linear(self.model.fc.in_features, out_features)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return self.model(video)
+
+
+class AudioEncoder(nn.Module):
+    """2-layer LSTM over (B, S, n_mfcc); returns the last layer's final hidden state (B, hidden)."""
+
+    def __init__(self, input_size: int = 40, hidden_size: int = 128, num_layers: int = 2):
+        super().__init__()
+        self.lstm = nn.LSTM(input_size, hidden_size, num_layers, batch_first=True)
+        self.output_size = hidden_size
+
+    def forward(self, mfcc: torch.Tensor) -> torch.Tensor:
+        # The LSTM runs in fp32 even under autocast: bf16 recurrences drift (DESIGN.md).
+        with torch.autocast(device_type=mfcc.device.type, enabled=False):
+            _, (hn, _) = self.lstm(mfcc.float())
+        return hn[-1]
+
+
+class DeepfakeDetector(nn.Module):
+    """Concat fusion of video (512) and audio (128) features -> 256 -> 2 logits (REAL, FAKE).
+
+    `modality` = 'video' or 'audio' zeroes the other branch's features (an ablation with the
+    same architecture and parameter count, so runs stay comparable).
+    """
+
+    def __init__(self, video_feature_size: int = 512, audio_feature_size: int = 128,
+                 n_mfcc: int = 40, num_classes: int = 2, modality: str = "av"):
+        super().__init__()
+        if modality not in MODALITIES:
+            raise ValueError(f"parameter `modality` must be one of {', '.join(MODALITIES)}; got {modality!r}")
+        self.modality = modality
+        self.video_encoder = VideoEncoder(out_features=video_feature_size)
+        self.audio_encoder = AudioEncoder(input_size=n_mfcc, hidden_size=audio_feature_size)
+        self.classifier = nn.Sequential(
+            nn.Linear(video_feature_size + audio_feature_size, 256),
+            nn.ReLU(),
+            nn.Dropout(0.3),
+            nn.Linear(256, num_classes),
+        )
+
+    def forward(self, video: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        video_feat = self.video_encoder(video)
+        audio_feat = self.audio_encoder(audio)
+        if self.modality == "audio":
+            video_feat = torch.zeros_like(video_feat)
+        elif self.modality == "video":
+            audio_feat = torch.zeros_like(audio_feat)
+        fused = torch.cat([video_feat.float(), audio_feat.float()], dim=1)
+        with torch.autocast(device_type=fused.device.type, enabled=False):
+            return self.classifier(fused)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def build_model(*, n_mfcc: int = 40, modality: str = "av", video_weights: str | Path | None = None) -> DeepfakeDetector:
+    """Build the detector; `video_weights` optionally initialises the R(2+1)D trunk from a
+    local file (a torchvision r2plus1d_18 state dict; its fc layer is not used)."""
+    model = DeepfakeDetector(n_mfcc=n_mfcc, modality=modality)
+    if video_weights:
+        load_video_weights(model, video_weights)
+    return model
+
+
+def load_video_weights(model: DeepfakeDetector, path: str | Path) -> None:
+    """Load a local R(2+1)D-18 state dict into the video trunk (all layers but fc).
+
+    Raises FileNotFoundError or ValueError (missing keys or other shapes); nothing is
+    loaded unless every tensor fits.
+    """
+    state = load_state_dict(path)
+    state = {k.removeprefix("module.").removeprefix("model."): v for k, v in state.items()}
+    trunk = model.video_encoder.model
+    target = {k: v for k, v in trunk.state_dict().items() if not k.startswith("fc.")}
+    missing = sorted(set(target) - set(state))
+    if missing:
+        raise ValueError(f"{path}: not an R(2+1)D-18 state dict, missing {len(missing)} keys (e.g. {missing[0]})")
+    bad = [k for k in target if tuple(state[k].shape) != tuple(target[k].shape)]
+    if bad:
+        raise ValueError(f"{path}: {bad[0]} has shape {tuple(state[bad[0]].shape)}, "
+                         f"the model expects {tuple(target[bad[0]].shape)}")
+    trunk.load_state_dict({k: state[k] for k in target}, strict=False)
+
+
+def model_config(model: DeepfakeDetector) -> dict:
+    """The plain-data description a checkpoint carries, enough to rebuild the model."""
+    return {"n_mfcc": model.audio_encoder.lstm.input_size, "modality": model.modality,
+            "parameters": count_parameters(model)}
+
+
+def video_to_model_input(video: torch.Tensor, device: torch.device, *, channels_last: bool = True) -> torch.Tensor:
+    """uint8 (B, 3, T, H, W) on the host -> float32 [0, 1] on `device`; the conversion runs on
+    the device so the host moves 4x fewer bytes."""
+    video = video.to(device, non_blocking=True)
+    if channels_last:
+        video = video.contiguous(memory_format=torch.channels_last_3d)
+    if video.dtype == torch.uint8:
+        video = video.float().div_(255.0)
+    return video

@@ -1,0 +1,124 @@
+"""Parameter checks shared by the notebooks: a bad value stops a notebook in its first cells
+with a message that names the parameter and what is allowed."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+DATASETS = ("fakeavceleb", "cremad", "casualconv", "folder", "synthetic", "dummy")
+WINDOWS = ("start", "center")
+DEVICES = ("auto", "cpu", "cuda")
+BALANCE = ("none", "weights", "sampler")
+SELECT_METRICS = ("val_accuracy", "val_auc", "val_loss")
+SPLITS = ("train", "val", "test", "all")
+
+
+class ParameterError(ValueError):
+    """A notebook parameter has a value the pipeline cannot use."""
+
+
+def _int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ParameterError(f"parameter `{name}` must be an integer >= {minimum}, got {value!r}")
+
+
+def _positive(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ParameterError(f"parameter `{name}` must be a number > 0, got {value!r}")
+
+
+def _fraction(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ParameterError(f"parameter `{name}` must be a number in [0, 1), got {value!r}")
+
+
+def _choice(choices):
+    def check(name, value):
+        if value not in choices:
+            raise ParameterError(f"parameter `{name}` must be one of {', '.join(choices)}; got {value!r}")
+    return check
+
+
+def _device(name, value):
+    if not isinstance(value, str) or not (value in DEVICES or value.startswith("cuda:")):
+        raise ParameterError(f"parameter `{name}` must be auto, cpu, cuda or cuda:N; got {value!r}")
+
+
+def _bool(name, value):
+    if not isinstance(value, bool):
+        raise ParameterError(f"parameter `{name}` must be true or false, got {value!r}")
+
+
+def _name(name, value):
+    if not isinstance(value, str) or not value or "/" in value or value.startswith("."):
+        raise ParameterError(f"parameter `{name}` must be a plain folder name, got {value!r}")
+
+
+RULES = {
+    "run_name": _name,
+    "dataset": _choice(DATASETS),
+    "frames": lambda n, v: _int(n, v, 1),
+    "size": lambda n, v: _int(n, v, 16),
+    "fps": _positive,
+    "n_mfcc": lambda n, v: _int(n, v, 1),
+    "mfcc_steps": lambda n, v: _int(n, v, 1),
+    "epochs": lambda n, v: _int(n, v, 1),
+    "batch_size": lambda n, v: _int(n, v, 1),
+    "lr": _positive,
+    "seed": lambda n, v: _int(n, v, 0),
+    "device": _device,
+    "workers": lambda n, v: _int(n, v, 0),
+    "limit": lambda n, v: _int(n, v, 0),
+    "window": _choice(WINDOWS),
+    "skip_silence": _bool,
+    "face_crop": _bool,
+    "shard": lambda n, v: _int(n, v, 0),
+    "num_shards": lambda n, v: _int(n, v, 1),
+    "val_fraction": _fraction,
+    "test_fraction": _fraction,
+    "identities": lambda n, v: _int(n, v, 1),
+    "resume": _bool,
+    "amp": _bool,
+    "channels_last": _bool,
+    "keep_last": lambda n, v: _int(n, v, 0),
+    "balance": _choice(BALANCE),
+    "select_metric": _choice(SELECT_METRICS),
+    "split": _choice(SPLITS),
+}
+
+
+def check(**params) -> dict:
+    """Check every named parameter that has a rule; return them unchanged.
+
+    Raises ParameterError naming the first bad parameter.
+    """
+    for name, value in params.items():
+        rule = RULES.get(name)
+        if rule is not None:
+            rule(name, value)
+    if "shard" in params and "num_shards" in params and params["shard"] >= params["num_shards"]:
+        raise ParameterError(f"parameter `shard` must be < num_shards ({params['num_shards']}), got {params['shard']}")
+    if params.get("val_fraction", 0) + params.get("test_fraction", 0) >= 1:
+        raise ParameterError("parameters `val_fraction` + `test_fraction` must leave some clips for training")
+    return params
+
+
+def load_params(path: str | Path) -> dict:
+    """Read a params/*.yaml file into a dict; raises ParameterError if it is not a mapping."""
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ParameterError(f"{path}: expected a mapping of parameter names to values")
+    return data
+
+
+def pick_device(device: str):
+    """Return the torch.device for `device` ('auto' takes CUDA when present)."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ParameterError(f"parameter `device` is {device!r} but no CUDA device is available")
+    return torch.device(device)

@@ -1,0 +1,139 @@
+"""Stage 1: index -> split -> decode + MFCC -> cache, in parallel worker processes, each clip
+written atomically, bad files listed in failures.csv with a one-line reason."""
+from __future__ import annotations
+
+import hashlib
+import multiprocessing as mp
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from avlib import cache
+from avlib.decode import SAMPLE_RATE, decode_clip
+from avlib.features import compute_mfcc
+from avlib.splits import assign_splits, split_summary
+
+
+def settings(*, frames: int, size: int, fps: float, n_mfcc: int, mfcc_steps: int, window: str = "start",
+             skip_silence: bool = False, face_crop: bool = False, sample_rate: int = SAMPLE_RATE) -> dict:
+    """The preprocessing settings recorded in the cache manifest."""
+    return dict(frames=frames, size=size, fps=float(fps), n_mfcc=n_mfcc, mfcc_steps=mfcc_steps,
+                sample_rate=sample_rate, window=window, skip_silence=skip_silence, face_crop=face_crop)
+
+
+def process_file(path: str | Path, config: dict) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Decode one file and compute its features: (video (3,T,H,W) uint8, mfcc (S,n) float32, meta).
+    Raises DecodeError (or an FFmpeg/OS error) for unusable files."""
+    clip = decode_clip(path, frames=config["frames"], size=config["size"], fps=config["fps"],
+                       sample_rate=config["sample_rate"], window=config["window"],
+                       skip_silence=config["skip_silence"], face_crop=config["face_crop"])
+    mfcc = compute_mfcc(clip.audio, config["sample_rate"], config["n_mfcc"], config["mfcc_steps"])
+    meta = dict(valid_frames=int(clip.valid_frames), has_audio=bool(clip.has_audio),
+                start_seconds=round(float(clip.start_seconds), 3))
+    return clip.video.transpose(3, 0, 1, 2), mfcc, meta
+
+
+def _worker_init() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def _process_task(task: tuple) -> tuple[str, str | None]:
+    """Cache one clip; returns (clip_id, None) or (clip_id, reason). Runs in a worker process."""
+    src, rel, cid, config, cache_dir = task
+    try:
+        video, mfcc, meta = process_file(src, config)
+        cache.write_clip(Path(cache_dir), cid, video, mfcc, meta)
+        return cid, None
+    except Exception as e:  # noqa: BLE001 - one bad file must not stop the run; the reason is kept
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no message'}"[:300]
+        cache.write_failure(Path(cache_dir), cid, rel, reason)
+        return cid, reason
+
+
+def in_shard(cid: str, shard: int, num_shards: int) -> bool:
+    return int(hashlib.sha1(cid.encode()).hexdigest()[:8], 16) % num_shards == shard
+
+
+def preprocess(records: pd.DataFrame, data_dir: str | Path, cache_dir: str | Path, config: dict, *,
+               workers: int = 2, shard: int = 0, num_shards: int = 1, val_fraction: float = 0.15,
+               test_fraction: float = 0.15, seed: int = 0, progress: bool = True) -> dict:
+    """Split `records`, cache every clip of this shard that is not cached yet, rebuild
+    index.csv and failures.csv, and return the report (counts, failures, speed, bytes)."""
+    from tqdm.auto import tqdm
+
+    t_start = time.perf_counter()
+    cache_dir = cache.open_cache(cache_dir, config)
+    records = assign_splits(records, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    records["clip_id"] = [cache.clip_id(p) for p in records["path"]]
+    from avlib.paths import write_csv
+
+    write_csv(cache_dir / "records.csv", records)
+    data_dir = Path(data_dir)
+    tasks = [(str(data_dir / r.path), r.path, r.clip_id, config, str(cache_dir))
+             for r in records.itertuples() if in_shard(r.clip_id, shard, num_shards)
+             and not cache.is_cached(cache_dir, r.clip_id)]
+    failed_now = 0
+    bar = tqdm(total=len(tasks), desc="preprocess", unit="clip", disable=not progress)
+    if workers > 1 and len(tasks) > 1:
+        with mp.get_context("spawn").Pool(min(workers, len(tasks)), initializer=_worker_init) as pool:
+            for _, reason in pool.imap_unordered(_process_task, tasks):
+                failed_now += reason is not None
+                bar.update()
+    else:
+        for task in tasks:
+            failed_now += _process_task(task)[1] is not None
+            bar.update()
+    bar.close()
+    seconds = time.perf_counter() - t_start
+    index, failures = cache.rebuild_tables(cache_dir, records)
+    sizes = [sum(f.stat().st_size for f in (cache_dir / "clips" / c).glob("*.npy")) for c in index["clip_id"][:200]]
+    return {
+        "cache_dir": str(cache_dir),
+        "settings": config,
+        "clips_indexed": int(len(records)),
+        "clips_cached": int(len(index)),
+        "clips_failed": int(len(failures)),
+        "processed_this_run": len(tasks),
+        "failed_this_run": failed_now,
+        "shard": shard, "num_shards": num_shards,
+        "per_split": split_summary(index) if len(index) else {},
+        "failures_by_reason": failures["reason"].str.split(":").str[0].value_counts().to_dict() if len(failures) else {},
+        "seconds": round(seconds, 2),
+        "clips_per_second": round(len(tasks) / seconds, 2) if tasks else None,
+        "bytes_per_clip": int(np.mean(sizes)) if sizes else None,
+        "without_audio": int((~index["has_audio"].astype(bool)).sum()) if len(index) else 0,
+        "short_clips": int((index["valid_frames"] < config["frames"]).sum()) if len(index) else 0,
+    }
+
+
+def write_dummy_cache(cache_dir: str | Path, config: dict, *, n: int = 48, seed: int = 0,
+                      val_fraction: float = 0.15, test_fraction: float = 0.15) -> dict:
+    """Random tensors of the right shapes, written through the same cache (dataset=dummy, for CI)."""
+    t_start = time.perf_counter()
+    cache_dir = cache.open_cache(cache_dir, config)
+    rng = np.random.default_rng(seed)
+    cats = ["RVRA", "RVFA", "FVRA", "FVFA"]
+    records = pd.DataFrame([dict(path=f"dummy/{i:05d}.mp4", label=int(i % 4 != 0) if i % 2 else 0,
+                                 dataset="dummy", category="RVRA", method="dummy", identity=f"id{i // 2:05d}",
+                                 race="", gender="", age="", skin_type="") for i in range(n)])
+    records["category"] = [cats[0] if lab == 0 else cats[1 + i % 3] for i, lab in enumerate(records["label"])]
+    records = assign_splits(records, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    records["clip_id"] = [cache.clip_id(p) for p in records["path"]]
+    from avlib.paths import write_csv
+
+    write_csv(cache_dir / "records.csv", records)
+    shape = (3, config["frames"], config["size"], config["size"])
+    for cid in records["clip_id"]:
+        if not cache.is_cached(cache_dir, cid):
+            video = rng.integers(0, 256, shape, dtype=np.uint8)
+            mfcc = rng.normal(0, 1, (config["mfcc_steps"], config["n_mfcc"])).astype(np.float32)
+            cache.write_clip(cache_dir, cid, video, mfcc, dict(valid_frames=config["frames"], has_audio=True, start_seconds=0.0))
+    index, failures = cache.rebuild_tables(cache_dir, records)
+    return {"cache_dir": str(cache_dir), "settings": config, "clips_indexed": n, "clips_cached": len(index),
+            "clips_failed": len(failures), "per_split": split_summary(index),
+            "seconds": round(time.perf_counter() - t_start, 2)}

@@ -1,0 +1,358 @@
+"""A synthetic audio-visual deepfake corpus, written as real H.264/AAC files in FakeAVCeleb's
+layout (meta_data.csv and its quirks included), so the `fakeavceleb` indexer reads it.
+
+Every identity has its own face, voice, background and motion. Real clips: a drawn talking
+face whose mouth follows the speech envelope of a source-filter voice. The manipulations:
+- fake audio (RVFA, FVFA): another voice "cloned" with vocoder-like artifacts (flattened
+  pitch, smeared phase, band limit) and its own syllable timing;
+- fake video (FVRA, FVFA): a re-rendered face region (blend seam, blur, colour shift,
+  frame-to-frame flicker), its lips re-synced to the voice that is heard; 'wav2lip' re-renders
+  the mouth region only.
+The strength of each artifact is drawn per clip, so some fakes are subtle. Deterministic for
+a given seed. `leading_silence` > 0 prepends that many seconds of silence to fake audio,
+reproducing FakeAVCeleb's known shortcut (DESIGN.md) for audits.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from scipy.signal import lfilter
+
+from avlib.paths import atomic_write_bytes, read_json, write_json
+
+ROOT_NAME = "FakeAVCeleb_v1.2"
+CATEGORIES = {  # folder -> (letter in meta_data.csv, fake video, fake audio)
+    "RealVideo-RealAudio": ("A", False, False),
+    "RealVideo-FakeAudio": ("B", False, True),
+    "FakeVideo-RealAudio": ("C", True, False),
+    "FakeVideo-FakeAudio": ("D", True, True),
+}
+RACES = ("African", "Asian (East)", "Asian (South)", "Caucasian (American)", "Caucasian (European)")
+VIDEO_METHODS = ("faceswap", "fsgan", "wav2lip")
+AV_METHODS = ("faceswap-wav2lip", "fsgan-wav2lip")
+MARKER = ".avlib-synthetic.json"
+SAMPLE_RATE = 16000
+VOWELS = ((730, 1090), (270, 2290), (300, 870), (530, 1840), (660, 1720), (490, 1350), (640, 1190))
+
+
+@dataclass(frozen=True)
+class CorpusSpec:
+    identities: int = 60
+    seconds: float = 3.0
+    fps: float = 25.0
+    size: int = 96
+    seed: int = 0
+    leading_silence: float = 0.0
+
+    def check(self) -> None:
+        if isinstance(self.identities, bool) or not isinstance(self.identities, int) or self.identities < 2:
+            raise ValueError(f"parameter `identities` must be an integer >= 2 (one for the fake's source, "
+                             f"one for its target), got {self.identities!r}")
+        if not self.seconds > 0:
+            raise ValueError(f"parameter `seconds` (clip duration) must be > 0, got {self.seconds!r}")
+        if not self.fps > 0:
+            raise ValueError(f"parameter `fps` must be > 0, got {self.fps!r}")
+        if self.size < 32:
+            raise ValueError(f"parameter `size` must be >= 32 pixels, got {self.size!r}")
+        if self.leading_silence < 0:
+            raise ValueError(f"parameter `leading_silence` must be >= 0, got {self.leading_silence!r}")
+
+
+def plan_corpus(spec: CorpusSpec) -> list[dict]:
+    """The deterministic list of clips (one dict per meta_data.csv row) for `spec`."""
+    rng = np.random.default_rng([spec.seed, 7])
+    rows = []
+    for i in range(spec.identities):
+        ident = f"id{10000 + i:05d}"
+        race, gender = RACES[i % len(RACES)], ("men", "women")[(i // len(RACES)) % 2]
+        target = f"id{10000 + (i + 1 + int(rng.integers(spec.identities - 1))) % spec.identities:05d}"
+        if target == ident:
+            target = f"id{10000 + (i + 1) % spec.identities:05d}"
+        base = dict(source=ident, race=race, gender=gender)
+        for k in range(2):
+            rows.append(dict(base, target1="-", target2="-", method="real", folder="RealVideo-RealAudio",
+                             file=f"{k:05d}.mp4", sentence=k, fake_video=False, fake_audio=False))
+        rows.append(dict(base, target1="-", target2=target, method="rtvc", folder="RealVideo-FakeAudio",
+                         file="00000_fake.mp4", sentence=0, fake_video=False, fake_audio=True))
+        vm = VIDEO_METHODS[int(rng.integers(len(VIDEO_METHODS)))]
+        name = f"00001_{target}_{vm}" + (" (1)" if i % 7 == 3 else "") + ".mp4"   # FakeAVCeleb has such names
+        rows.append(dict(base, target1=target, target2="-", method=vm, folder="FakeVideo-RealAudio",
+                         file=name, sentence=1, fake_video=True, fake_audio=False))
+        am = AV_METHODS[int(rng.integers(len(AV_METHODS)))]
+        rows.append(dict(base, target1=target, target2=target, method=am, folder="FakeVideo-FakeAudio",
+                         file=f"00000_{target}_{am}.mp4", sentence=0, fake_video=True, fake_audio=True))
+    for j, row in enumerate(rows):
+        row["clip_seed"] = j
+        row["strength_video"] = float(rng.uniform(0.35, 1.0))
+        row["strength_audio"] = float(rng.uniform(0.35, 1.0))
+    return rows
+
+
+def generate_corpus(data_dir: str | Path, spec: CorpusSpec = CorpusSpec(), *, workers: int = 2,
+                    progress: bool = True) -> Path:
+    """Write the corpus under data_dir/FakeAVCeleb_v1.2/ and return that root.
+
+    Clips already on disk are kept (a run killed mid-way is completed, not duplicated).
+    Raises ValueError for a spec that cannot make a corpus, NotADirectoryError if data_dir
+    is a file, and FileExistsError if it holds a corpus made with another spec.
+    """
+    spec.check()
+    data_dir = Path(data_dir)
+    if data_dir.exists() and not data_dir.is_dir():
+        raise NotADirectoryError(f"parameter `data_dir` ({data_dir}) is a file, not a folder")
+    root = data_dir / ROOT_NAME
+    root.mkdir(parents=True, exist_ok=True)
+    marker = root / MARKER
+    if marker.exists() and read_json(marker) != asdict(spec):
+        raise FileExistsError(f"{root} holds a synthetic corpus made with {read_json(marker)}; "
+                              f"choose another data_dir for {asdict(spec)}")
+    write_json(marker, asdict(spec))
+    rows = plan_corpus(spec)
+    todo = [r for r in rows if not (root / _rel_dir(r) / r["file"]).exists()]
+    for tmp in root.rglob(".*.tmp.mp4"):    # left by a run that was killed mid-write
+        tmp.unlink()
+    if todo:
+        from tqdm.auto import tqdm
+
+        jobs = [(str(root), spec, r) for r in todo]
+        bar = tqdm(total=len(jobs), desc="synthetic clips", disable=not progress)
+        if workers > 1:
+            with ProcessPoolExecutor(workers) as pool:
+                for _ in pool.map(_write_clip_job, jobs, chunksize=4):
+                    bar.update()
+        else:
+            for job in jobs:
+                _write_clip_job(job)
+                bar.update()
+        bar.close()
+    _write_metadata(root, rows)
+    return root
+
+
+def _rel_dir(row: dict) -> Path:
+    return Path(row["folder"]) / row["race"] / row["gender"] / row["source"]
+
+
+def _write_metadata(root: Path, rows: list[dict]) -> None:
+    """meta_data.csv with FakeAVCeleb's quirks: trailing comma (an unnamed tenth column with
+    the directory written as FakeAVCeleb/...), file name only in `path`, repeated rows."""
+    lines = ["source,target1,target2,method,category,type,race,gender,path,"]
+    for i, r in enumerate(rows):
+        letter = CATEGORIES[r["folder"]][0]
+        directory = "FakeAVCeleb/" + _rel_dir(r).as_posix()
+        line = ",".join([r["source"], r["target1"], r["target2"], r["method"], letter, r["folder"],
+                         r["race"], r["gender"], r["file"], directory])
+        lines.append(line)
+        if i % 11 == 5:
+            lines.append(line)       # FakeAVCeleb's metadata repeats some rows
+    atomic_write_bytes(root / "meta_data.csv", ("\n".join(lines) + "\n").encode())
+
+
+def _write_clip_job(job) -> None:
+    from avlib.media import write_video
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    cv2.setNumThreads(1)
+    root, spec, row = job
+    frames, audio = render_clip(spec, row)
+    final = Path(root) / _rel_dir(row) / row["file"]
+    tmp = final.with_name(f".{final.stem}.tmp.mp4")
+    write_video(tmp, frames, spec.fps, audio, SAMPLE_RATE)
+    os.replace(tmp, final)
+
+
+# ---------------------------------------------------------------- identities and voices
+
+def identity_traits(spec: CorpusSpec, ident: str) -> dict:
+    """Face, voice, background and motion of one identity (deterministic)."""
+    rng = np.random.default_rng([spec.seed, int(ident[2:])])
+    women = (int(ident[2:]) - 10000) // len(RACES) % 2 == 1
+    return dict(
+        skin=rng.uniform([90, 60, 40], [235, 200, 170]),
+        hair=rng.uniform(10, 120, 3),
+        bg=(rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)),
+        bg_angle=rng.uniform(0, np.pi),
+        head=(rng.uniform(0.22, 0.3), rng.uniform(0.3, 0.38)),   # semi-axes as fractions of the frame
+        eye_gap=rng.uniform(0.08, 0.12),
+        sway=(rng.uniform(0.01, 0.04), rng.uniform(0.2, 0.8)),   # amplitude (frame fraction), Hz
+        f0=rng.uniform(170, 250) if women else rng.uniform(90, 140),
+        formant_shift=rng.uniform(0.9, 1.15),
+        rate=rng.uniform(3.0, 5.0),                               # syllables per second
+        texture_seed=int(rng.integers(1 << 30)),
+    )
+
+
+def syllables(rng: np.random.Generator, seconds: float, rate: float) -> list[tuple[float, float, int]]:
+    """(start, length, vowel) of each syllable in `seconds`, with pauses."""
+    out, t = [], float(rng.uniform(0.05, 0.3))
+    while t < seconds:
+        length = float(rng.uniform(0.6, 1.4) / rate)
+        out.append((t, length, int(rng.integers(len(VOWELS)))))
+        t += length + float(rng.uniform(0.02, 0.12))
+        if rng.random() < 0.12:
+            t += float(rng.uniform(0.2, 0.5))
+    return out
+
+
+def envelope(sylls, n: int, rate: float) -> np.ndarray:
+    """Amplitude envelope in [0, 1] at `rate` samples per second."""
+    env = np.zeros(n, np.float32)
+    for start, length, _ in sylls:
+        a, b = int(start * rate), min(n, int((start + length) * rate))
+        if b > a:
+            env[a:b] = np.maximum(env[a:b], np.sin(np.linspace(0, np.pi, b - a)) ** 0.7)
+    return env
+
+
+def speak(rng, sylls, seconds: float, f0: float, formant_shift: float, *, vocoder: float = 0.0) -> np.ndarray:
+    """Source-filter speech: a glottal pulse train through two formant resonators per
+    syllable. vocoder > 0 flattens the pitch, smears the phase and limits the band."""
+    n = int(seconds * SAMPLE_RATE)
+    t = np.arange(n) / SAMPLE_RATE
+    jitter = (1 - vocoder) * (0.04 * np.sin(2 * np.pi * 5.5 * t) + 0.03 * np.cumsum(rng.normal(0, 0.002, n)))
+    pitch = f0 * (1 + np.clip(jitter, -0.15, 0.15) + 0.08 * (1 - vocoder) * np.sin(2 * np.pi * 0.7 * t))
+    phase = np.cumsum(pitch / SAMPLE_RATE)
+    source = (np.diff(np.floor(phase), prepend=0) > 0).astype(np.float64)
+    source = lfilter([1.0], [1, -0.95], source)            # glottal roll-off
+    voice = np.zeros(n)
+    for start, length, vowel in sylls:
+        a, b = int(start * SAMPLE_RATE), min(n, int((start + length) * SAMPLE_RATE))
+        if b <= a:
+            continue
+        seg = source[a:b]
+        for f, bw in zip(np.array(VOWELS[vowel]) * formant_shift, (80, 120)):
+            r = np.exp(-np.pi * bw / SAMPLE_RATE)
+            seg = lfilter([1 - r], [1, -2 * r * np.cos(2 * np.pi * f / SAMPLE_RATE), r * r], seg)
+        voice[a:b] = seg * np.sin(np.linspace(0, np.pi, b - a)) ** 0.7
+    if vocoder > 0:
+        voice = _vocode(rng, voice, vocoder)
+    voice = voice / (np.abs(voice).max() + 1e-9) * 0.5
+    voice += rng.normal(0, 0.003, n)                      # room noise
+    return voice.astype(np.float32)
+
+
+def _vocode(rng, voice: np.ndarray, strength: float) -> np.ndarray:
+    """Vocoder-like artifacts: phase partly randomised per STFT bin, band limited."""
+    import librosa
+
+    spec = librosa.stft(voice, n_fft=512, hop_length=128)
+    mag, ph = np.abs(spec), np.angle(spec)
+    ph = ph + strength * rng.uniform(-np.pi, np.pi, ph.shape) * 0.8
+    freqs = librosa.fft_frequencies(sr=SAMPLE_RATE, n_fft=512)
+    cutoff = 7000 - 3500 * strength
+    mag = mag * (1 / (1 + np.exp((freqs[:, None] - cutoff) / 150)))
+    return librosa.istft(mag * np.exp(1j * ph), hop_length=128, length=len(voice))
+
+
+# ---------------------------------------------------------------- faces
+
+def render_clip(spec: CorpusSpec, row: dict) -> tuple[list[np.ndarray], np.ndarray]:
+    """Frames (RGB uint8) and audio (float32, 16 kHz) of one planned clip."""
+    seconds, fps, size = spec.seconds, spec.fps, spec.size
+    src = identity_traits(spec, row["source"])
+    # The spoken sentence of the source video: same seed for a real clip and the fakes made from it.
+    speech_rng = np.random.default_rng([spec.seed, int(row["source"][2:]), row["sentence"]])
+    real_sylls = syllables(speech_rng, seconds, src["rate"])
+    clip_rng = np.random.default_rng([spec.seed, 1000003, row["clip_seed"]])
+    if row["fake_audio"]:
+        tgt = identity_traits(spec, row["target2"] if row["target2"] != "-" else row["target1"])
+        heard_sylls = syllables(clip_rng, seconds, tgt["rate"])        # the clone's own timing
+        audio = speak(clip_rng, heard_sylls, seconds, tgt["f0"], tgt["formant_shift"],
+                      vocoder=row["strength_audio"])
+        if spec.leading_silence > 0:
+            pad = int(spec.leading_silence * SAMPLE_RATE)
+            audio = np.concatenate([clip_rng.normal(0, 1e-4, pad).astype(np.float32), audio])[:len(audio)]
+            heard_sylls = [(s + spec.leading_silence, l, v) for s, l, v in heard_sylls]
+    else:
+        heard_sylls = real_sylls
+        audio = speak(speech_rng, real_sylls, seconds, src["f0"], src["formant_shift"])
+    n_frames = int(round(seconds * fps))
+    # Real video: the mouth follows the source sentence; a fake video's lips are re-synced to the heard voice.
+    mouth = envelope(heard_sylls if row["fake_video"] else real_sylls, n_frames, fps)
+    frames = render_face(src, mouth, size, fps, np.random.default_rng([spec.seed, int(row["source"][2:]), 99, row["sentence"]]))
+    if row["fake_video"]:
+        tgt = identity_traits(spec, row["target1"])
+        frames = rerender_face(frames, src, tgt, mouth, size, fps, clip_rng, row["strength_video"],
+                               mouth_only=row["method"] == "wav2lip")
+    return frames, audio
+
+
+def _geometry(traits: dict, size: int, fps: float, i: int, rng_phase: float):
+    t = i / fps
+    amp, hz = traits["sway"]
+    cx = size / 2 + amp * size * np.sin(2 * np.pi * hz * t + rng_phase)
+    cy = size * 0.55 + 0.5 * amp * size * np.sin(2 * np.pi * hz * 1.3 * t)
+    return cx, cy, traits["head"][0] * size, traits["head"][1] * size
+
+
+def render_face(traits: dict, mouth: np.ndarray, size: int, fps: float, rng) -> list[np.ndarray]:
+    """A drawn talking face: background gradient, textured head, hair, eyes with blinks, and a
+    mouth whose opening follows `mouth` (one value per frame)."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    g = (np.cos(traits["bg_angle"]) * xx + np.sin(traits["bg_angle"]) * yy) / size
+    g = np.clip((g - g.min()) / (np.ptp(g) + 1e-6), 0, 1)[..., None]
+    background = traits["bg"][0] * (1 - g) + traits["bg"][1] * g
+    tex_rng = np.random.default_rng(traits["texture_seed"])
+    texture = cv2.GaussianBlur(tex_rng.normal(0, 1, (2 * size, 2 * size)).astype(np.float32), (0, 0), 1.0) * 14
+    phase = float(rng.uniform(0, 2 * np.pi))
+    blinks = set(int(b) for b in rng.uniform(0, len(mouth), max(1, len(mouth) // 60)))
+    frames = []
+    for i, m in enumerate(mouth):
+        cx, cy, ax, ay = _geometry(traits, size, fps, i, phase)
+        img = background.copy()
+        head = ((xx - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2 <= 1
+        ox, oy = int(size / 2 - cx + size / 2), int(size / 2 - cy + size / 2)
+        tex = texture[oy:oy + size, ox:ox + size] if 0 <= ox <= size and 0 <= oy <= size else texture[:size, :size]
+        shade = 1 - 0.25 * ((xx - cx) / ax) ** 2
+        img[head] = (traits["skin"] * shade[..., None] + tex[..., None])[head]
+        hair = head & (yy < cy - 0.55 * ay)
+        img[hair] = traits["hair"]
+        eye_open = 0.3 if (i in blinks or i - 1 in blinks) else 1.0
+        for side in (-1, 1):
+            ex, ey = cx + side * traits["eye_gap"] * size, cy - 0.2 * ay
+            eye = ((xx - ex) / (0.06 * size)) ** 2 + ((yy - ey) / (0.03 * size * eye_open)) ** 2 <= 1
+            img[eye] = (25, 20, 20)
+        mx, my = cx, cy + 0.45 * ay
+        mh = 0.01 * size + 0.07 * size * float(m)
+        lips = ((xx - mx) / (0.13 * size)) ** 2 + ((yy - my) / (mh + 0.02 * size)) ** 2 <= 1
+        inner = ((xx - mx) / (0.11 * size)) ** 2 + ((yy - my) / mh) ** 2 <= 1
+        img[lips] = (150, 50, 60)
+        img[inner] = (40, 10, 15)
+        frames.append(np.clip(img, 0, 255).astype(np.uint8))
+    return frames
+
+
+def rerender_face(frames, src, tgt, mouth, size, fps, rng, strength: float, *, mouth_only: bool) -> list[np.ndarray]:
+    """A face-swap analogue: inside the face (or mouth) region, the frame is blurred, shifted
+    toward the target's skin colour and flickers from frame to frame; the region's edge
+    leaves a blend seam."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    shift = (tgt["skin"] - src["skin"]) * 0.35 * strength
+    phase_rng = np.random.default_rng([int(src["texture_seed"]), 5])
+    phase = float(phase_rng.uniform(0, 2 * np.pi))
+    out = []
+    for i, img in enumerate(frames):
+        cx, cy, ax, ay = _geometry(src, size, fps, i, phase)
+        jx, jy = rng.normal(0, 0.6 * strength, 2)
+        if mouth_only:
+            rx, ry, ccy = 0.55 * ax, 0.35 * ay, cy + 0.42 * ay
+        else:
+            rx, ry, ccy = 0.75 * ax, 0.7 * ay, cy + 0.1 * ay
+        d = np.sqrt(((xx - cx - jx) / rx) ** 2 + ((yy - ccy - jy) / ry) ** 2)
+        mask = np.clip((1.05 - d) / 0.1, 0, 1)[..., None]
+        seam = (np.abs(d - 1.0) < 0.06)[..., None]
+        f = img.astype(np.float32)
+        sigma = 0.6 + 1.4 * strength
+        blurred = cv2.GaussianBlur(f, (0, 0), sigma)
+        flicker = rng.normal(0, 5 * strength, 3)
+        rendered = blurred + shift + flicker
+        f = f * (1 - mask) + rendered * mask
+        f = np.where(seam, f * (1 - 0.18 * strength) + 0.18 * strength * blurred.mean(axis=(0, 1)), f)
+        out.append(np.clip(f, 0, 255).astype(np.uint8))
+    return out
