@@ -34,6 +34,14 @@ class CachedClips(Dataset):
         return torch.from_numpy(np.array(video)), torch.from_numpy(np.array(mfcc)), int(self.labels[i])
 
 
+def mfcc_statistics(dataset: CachedClips, max_clips: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    """Per-coefficient mean and std of the MFCCs of (up to `max_clips` evenly spaced) clips."""
+    step = max(1, len(dataset) // max_clips)
+    frames = np.concatenate([cache.read_clip(dataset.cache_dir, cid, dataset.manifest)[1]
+                             for cid in dataset._ids[::step]])
+    return frames.mean(0), frames.std(0)
+
+
 class FloatClips(Dataset):
     """The seed's contract: float32 video in [0, 1] straight from the loader (4x the bytes).
     Kept for the benchmark's side-by-side run of the seed's loop."""

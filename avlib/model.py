@@ -27,17 +27,30 @@ class VideoEncoder(nn.Module):
 
 
 class AudioEncoder(nn.Module):
-    """2-layer LSTM over (B, S, n_mfcc); returns the last layer's final hidden state (B, hidden)."""
+    """2-layer LSTM over (B, S, n_mfcc); returns the last layer's final hidden state (B, hidden).
+
+    Raw MFCCs span hundreds (c0 is around -200), which saturates the LSTM's gates and slows
+    learning badly; inputs are standardised per coefficient with statistics fitted on the
+    training split (`set_normalization`). They are buffers, not parameters: the parameter
+    count stays the seed's, and a checkpoint carries them to inference."""
 
     def __init__(self, input_size: int = 40, hidden_size: int = 128, num_layers: int = 2):
         super().__init__()
         self.lstm = nn.LSTM(input_size, hidden_size, num_layers, batch_first=True)
         self.output_size = hidden_size
+        self.register_buffer("mfcc_mean", torch.zeros(input_size))
+        self.register_buffer("mfcc_std", torch.ones(input_size))
+
+    def set_normalization(self, mean, std) -> None:
+        """Per-coefficient mean and standard deviation of the training MFCCs."""
+        self.mfcc_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.mfcc_std.copy_(torch.as_tensor(std, dtype=torch.float32).clamp_min(1e-3))
 
     def forward(self, mfcc: torch.Tensor) -> torch.Tensor:
         # The LSTM runs in fp32 even under autocast: bf16 recurrences drift (DESIGN.md).
         with torch.autocast(device_type=mfcc.device.type, enabled=False):
-            _, (hn, _) = self.lstm(mfcc.float())
+            x = (mfcc.float() - self.mfcc_mean) / self.mfcc_std
+            _, (hn, _) = self.lstm(x)
         return hn[-1]
 
 

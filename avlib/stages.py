@@ -125,7 +125,7 @@ def train_stage(*, run_name: str, results_dir: str, cache_dir: str = "", epochs:
                 balance: str = "none", select_metric: str = "val_accuracy", keep_last: int = 2,
                 resume: bool = True, progress: bool = True, log=print) -> pd.DataFrame:
     """Train the run's model on the cache's train split, validating on its val split."""
-    from avlib.data import CachedClips, make_loader
+    from avlib.data import CachedClips, make_loader, mfcc_statistics
     from avlib.params import pick_device
     from avlib.train import fit, set_seed
 
@@ -136,6 +136,7 @@ def train_stage(*, run_name: str, results_dir: str, cache_dir: str = "", epochs:
     if len(train_set) == 0 or len(val_set) == 0:
         raise MissingInputError(f"{cache} has {len(train_set)} training and {len(val_set)} validation clips; "
                                 f"both are needed (check failures.csv there)")
+    model.audio_encoder.set_normalization(*mfcc_statistics(train_set))
     dev = pick_device(device)
     train_loader = make_loader(train_set, batch_size=batch_size, train=True, workers=workers, device=dev,
                                balance=balance, seed=seed)

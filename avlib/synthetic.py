@@ -230,6 +230,10 @@ def speak(rng, sylls, seconds: float, f0: float, formant_shift: float, *, vocode
             r = np.exp(-np.pi * bw / SAMPLE_RATE)
             seg = lfilter([1 - r], [1, -2 * r * np.cos(2 * np.pi * f / SAMPLE_RATE), r * r], seg)
         voice[a:b] = seg * np.sin(np.linspace(0, np.pi, b - a)) ** 0.7
+        # a fricative onset: a short burst of high-frequency noise (3-7 kHz), as consonants have
+        burst = min(b - a, int(0.04 * SAMPLE_RATE))
+        noise = np.diff(rng.normal(0, 1, burst + 1)) * 0.5
+        voice[a:a + burst] += noise * np.hanning(burst) * np.abs(seg).max()
     if vocoder > 0:
         voice = _vocode(rng, voice, vocoder)
     voice = voice / (np.abs(voice).max() + 1e-9) * 0.5
@@ -245,9 +249,11 @@ def _vocode(rng, voice: np.ndarray, strength: float) -> np.ndarray:
     mag, ph = np.abs(spec), np.angle(spec)
     ph = ph + strength * rng.uniform(-np.pi, np.pi, ph.shape) * 0.8
     freqs = librosa.fft_frequencies(sr=SAMPLE_RATE, n_fft=512)
-    cutoff = 7000 - 3500 * strength
+    cutoff = 4500 - 2000 * strength          # the clone loses the fricatives' high band
     mag = mag * (1 / (1 + np.exp((freqs[:, None] - cutoff) / 150)))
-    return librosa.istft(mag * np.exp(1j * ph), hop_length=128, length=len(voice))
+    out = librosa.istft(mag * np.exp(1j * ph), hop_length=128, length=len(voice))
+    t = np.arange(len(out)) / SAMPLE_RATE
+    return out * (1 + 0.4 * strength * np.sin(2 * np.pi * 100 * t))   # frame-rate buzz
 
 
 # ---------------------------------------------------------------- faces
@@ -333,13 +339,14 @@ def rerender_face(frames, src, tgt, mouth, size, fps, rng, strength: float, *, m
     toward the target's skin colour and flickers from frame to frame; the region's edge
     leaves a blend seam."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    shift = (tgt["skin"] - src["skin"]) * 0.35 * strength
+    diff = tgt["skin"] - src["skin"]
+    shift = diff / max(np.linalg.norm(diff), 1e-6) * max(np.linalg.norm(diff) * 0.5, 40.0) * strength
     phase_rng = np.random.default_rng([int(src["texture_seed"]), 5])
     phase = float(phase_rng.uniform(0, 2 * np.pi))
     out = []
     for i, img in enumerate(frames):
         cx, cy, ax, ay = _geometry(src, size, fps, i, phase)
-        jx, jy = rng.normal(0, 0.6 * strength, 2)
+        jx, jy = rng.normal(0, 1.0 * strength, 2) * size / 96
         if mouth_only:
             rx, ry, ccy = 0.55 * ax, 0.35 * ay, cy + 0.42 * ay
         else:
@@ -350,9 +357,9 @@ def rerender_face(frames, src, tgt, mouth, size, fps, rng, strength: float, *, m
         f = img.astype(np.float32)
         sigma = 0.6 + 1.4 * strength
         blurred = cv2.GaussianBlur(f, (0, 0), sigma)
-        flicker = rng.normal(0, 5 * strength, 3)
+        flicker = rng.normal(0, 12 * strength, 3)
         rendered = blurred + shift + flicker
         f = f * (1 - mask) + rendered * mask
-        f = np.where(seam, f * (1 - 0.18 * strength) + 0.18 * strength * blurred.mean(axis=(0, 1)), f)
+        f = np.where(seam, f * (1 - 0.4 * strength), f)
         out.append(np.clip(f, 0, 255).astype(np.uint8))
     return out

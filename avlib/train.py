@@ -74,6 +74,10 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
                                      f"try amp=false or a lower lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
+        if not torch.isfinite(grad_norm):
+            raise NonFiniteLossError(f"non-finite gradients at epoch {epoch}, batch {batch} (loss {loss.item():.4f}); "
+                                     f"the step was not applied" + ("; try amp=false" if amp else ""))
         optimizer.step()
         total_loss += loss.item() * len(labels)
         n += len(labels)

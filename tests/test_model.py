@@ -1,0 +1,82 @@
+import pytest
+import torch
+
+from avlib.checkpoint import CheckpointError
+from avlib.model import build_model, count_parameters, load_video_weights, video_to_model_input
+
+
+def test_default_model_has_the_seeds_exact_parameter_count():
+    assert count_parameters(build_model()) == 31_946_527
+
+
+def test_forward_takes_mfcc_as_batch_steps_coefficients():
+    model = build_model().eval()
+    video = torch.rand(2, 3, 8, 32, 32)
+    audio = torch.randn(2, 20, 40)          # (B, S, 40): the seed's loader shape, which its permute broke
+    with torch.no_grad():
+        out = model(video, audio)
+    assert out.shape == (2, 2)
+    assert torch.isfinite(out).all()
+
+
+def test_audio_normalisation_is_buffers_not_parameters():
+    model = build_model()
+    model.audio_encoder.set_normalization(torch.full((40,), 5.0), torch.full((40,), 2.0))
+    assert count_parameters(model) == 31_946_527
+    state = model.state_dict()
+    assert torch.equal(state["audio_encoder.mfcc_mean"], torch.full((40,), 5.0))
+    fresh = build_model()
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.audio_encoder.mfcc_std, torch.full((40,), 2.0))
+
+
+@pytest.mark.parametrize("modality", ["video", "audio"])
+def test_ablation_ignores_the_other_branch(modality):
+    torch.manual_seed(0)
+    model = build_model(modality=modality).eval()
+    video, audio = torch.rand(1, 3, 4, 16, 16), torch.randn(1, 10, 40)
+    with torch.no_grad():
+        base = model(video, audio)
+        if modality == "video":
+            changed = model(video, audio * 10 + 3)
+        else:
+            changed = model(torch.rand(1, 3, 4, 16, 16), audio)
+    assert torch.allclose(base, changed)
+
+
+def test_uint8_video_is_converted_on_the_device_to_unit_range():
+    video = torch.tensor([0, 128, 255], dtype=torch.uint8).view(1, 3, 1, 1, 1).expand(1, 3, 2, 2, 2)
+    out = video_to_model_input(video, torch.device("cpu"))
+    assert out.dtype == torch.float32
+    assert out.is_contiguous(memory_format=torch.channels_last_3d)
+    assert out.min() == 0 and out.max() == 1.0
+
+
+def test_video_weights_load_from_a_local_file(tmp_path):
+    import torchvision
+
+    trunk = torchvision.models.video.r2plus1d_18(weights=None)
+    torch.save(trunk.state_dict(), tmp_path / "r2p1d.pth")
+    model = build_model(video_weights=tmp_path / "r2p1d.pth")
+    got = model.video_encoder.model.stem[0].weight
+    assert torch.equal(got, trunk.stem[0].weight)
+
+
+def test_video_weights_of_another_shape_are_refused_without_partial_load(tmp_path):
+    import torchvision
+
+    trunk = torchvision.models.video.r2plus1d_18(weights=None)
+    state = trunk.state_dict()
+    state["layer4.1.conv2.0.1.weight"] = torch.zeros(3)      # wrong shape, late in the dict
+    torch.save(state, tmp_path / "bad.pth")
+    model = build_model()
+    before = model.video_encoder.model.stem[0].weight.clone()
+    with pytest.raises(ValueError, match="layer4.1.conv2.0.1.weight"):
+        load_video_weights(model, tmp_path / "bad.pth")
+    assert torch.equal(model.video_encoder.model.stem[0].weight, before)
+
+
+def test_video_weights_file_that_is_not_a_checkpoint_is_a_clear_error(tmp_path):
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pth"):
+        build_model(video_weights=tmp_path / "junk.pth")

@@ -1,0 +1,114 @@
+"""The notebooks as people use them: committed clean, parameters documented, and the whole
+chain run headlessly by papermill on params/smoke.yaml (dummy tensors) into a temporary folder."""
+import json
+import struct
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import papermill
+import pytest
+
+from avlib.params import ParameterError, load_params
+from avlib.pipeline import NOTEBOOKS, notebook_parameters, run_pipeline, split_params
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_is_committed_clean_with_one_parameters_cell(name):
+    nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code)
+    assert not any(line.lstrip().startswith(("def ", "class ")) for c in code for line in c.source.splitlines())
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_every_parameter_is_typed_and_documented(name):
+    for param, info in notebook_parameters(name).items():
+        assert info["inferred_type_name"] != "None", f"{name}: {param} has no type hint"
+        assert info["help"], f"{name}: {param} has no trailing comment"
+
+
+@pytest.mark.parametrize("params_file", sorted((ROOT / "params").glob("*.yaml")), ids=lambda p: p.name)
+def test_params_files_only_name_notebook_parameters(params_file):
+    split_params(load_params(params_file))      # raises ParameterError for an unknown key
+
+
+def test_an_unknown_key_is_refused():
+    with pytest.raises(ParameterError, match="epochz"):
+        split_params({"epochz": 3})
+
+
+def _is_png(path: Path) -> bool:
+    data = path.read_bytes()
+    if not data.startswith(PNG_MAGIC):
+        return False
+    width, height = struct.unpack(">II", data[16:24])
+    return width > 100 and height > 100
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("smoke")
+    params = {**load_params(ROOT / "params" / "smoke.yaml"), "results_dir": str(tmp / "results"),
+              "cache_dir": str(tmp / "cache")}
+    run_pipeline(params, log=lambda *a: None)
+    return tmp / "results" / params["run_name"], params
+
+
+def test_smoke_chain_writes_metrics_history_predictions_and_figures(smoke_run):
+    run, params = smoke_run
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("accuracy", "auc", "per_class", "balanced_accuracy", "ap", "eer", "threshold", "confusion_matrix"):
+        assert key in metrics
+    assert 0 <= metrics["accuracy"] <= 1 and 0 <= metrics["auc"] <= 1
+    assert set(metrics["per_class"]) == {"REAL", "FAKE"}
+    history = pd.read_csv(run / "history.csv")
+    assert list(history["epoch"]) == list(range(1, params["epochs"] + 1))
+    predictions = pd.read_csv(run / "predictions.csv")
+    assert len(predictions) == sum(metrics["n"].values())
+    assert predictions["p_fake"].between(0, 1).all()
+    for fig in ("confusion_matrix", "roc_curve", "training_curves"):
+        assert _is_png(run / "figures" / f"{fig}.png"), fig
+    for name in NOTEBOOKS:
+        executed = nbformat.read(run / "notebooks" / f"{name}.ipynb", as_version=4)
+        assert any(c.get("outputs") for c in executed.cells if c.cell_type == "code")
+    assert (run / "checkpoints" / "best.pt").is_file() and (run / "checkpoints" / "last.pt").is_file()
+
+
+def test_train_resumes_instead_of_starting_over(smoke_run, tmp_path):
+    run, params = smoke_run
+    papermill.execute_notebook(str(ROOT / "notebooks" / "03_train.ipynb"), str(tmp_path / "out.ipynb"),
+                               parameters={"run_name": params["run_name"], "results_dir": params["results_dir"],
+                                           "epochs": params["epochs"] + 1, "workers": 0, "device": "cpu",
+                                           "batch_size": params["batch_size"], "lr": params["lr"]},
+                               cwd=str(ROOT), progress_bar=False)
+    history = pd.read_csv(run / "history.csv")
+    assert list(history["epoch"]) == list(range(1, params["epochs"] + 2))
+
+
+@pytest.mark.parametrize("notebook,params,message", [
+    ("03_train", {"epochs": -1}, "epochs"),
+    ("03_train", {"lr": 0.0}, "lr"),
+    ("03_train", {"batch_size": 0}, "batch_size"),
+    ("01_preprocess", {"dataset": "imagenet"}, "dataset"),
+])
+def test_bad_parameter_stops_the_notebook_naming_it(tmp_path, notebook, params, message):
+    with pytest.raises(papermill.PapermillExecutionError) as err:
+        papermill.execute_notebook(str(ROOT / "notebooks" / f"{notebook}.ipynb"), str(tmp_path / "out.ipynb"),
+                                   parameters={**params, "results_dir": str(tmp_path)}, cwd=str(ROOT), progress_bar=False)
+    assert err.value.ename == "ParameterError"
+    assert f"`{message}`" in err.value.evalue
+
+
+def test_training_without_data_says_what_to_run_first(tmp_path):
+    with pytest.raises(papermill.PapermillExecutionError) as err:
+        papermill.execute_notebook(str(ROOT / "notebooks" / "03_train.ipynb"), str(tmp_path / "out.ipynb"),
+                                   parameters={"epochs": 290, "results_dir": str(tmp_path)}, cwd=str(ROOT),
+                                   progress_bar=False)
+    assert err.value.ename == "MissingInputError"
+    assert "01_preprocess" in err.value.evalue

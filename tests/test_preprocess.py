@@ -1,0 +1,163 @@
+"""Indexers, identity-disjoint splits, and the crash-safe cache, on real encoded files."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from avlib import cache
+from avlib.data import CachedClips, make_loader
+from avlib.indexers import index_dataset, read_fakeavceleb_metadata
+from avlib.media import write_video
+from avlib.preprocess import preprocess, settings
+from avlib.splits import SplitLeakError, assign_splits, audit_splits
+from tests.conftest import face_frames, tone
+
+CONFIG = settings(frames=8, size=16, fps=25, n_mfcc=40, mfcc_steps=10)
+
+
+def _folder_corpus(root, n_ident=6, bad=()):
+    for i in range(n_ident):
+        for label in ("real", "fake"):
+            write_video(root / label / f"person{i}" / f"clip {i} ({label}).mp4", face_frames(12, 32, 32, seed=i),
+                        25, tone(0.5), 16000)
+    for name in bad:
+        (root / "fake" / "person0" / name).write_bytes(b"" if name.startswith("empty") else b"garbage" * 50)
+    return root
+
+
+def test_folder_corpus_with_bad_files_caches_the_rest(tmp_path):
+    data = _folder_corpus(tmp_path / "data", bad=("empty.mp4", "text.mp4"))
+    records = index_dataset("folder", data)
+    assert len(records) == 14 and set(records["label"]) == {0, 1}
+    report = preprocess(records, data, tmp_path / "cache", CONFIG, workers=2, seed=0, progress=False)
+    assert report["clips_cached"] == 12 and report["clips_failed"] == 2
+    failures = pd.read_csv(tmp_path / "cache" / "failures.csv")
+    assert sorted(failures["path"]) == ["fake/person0/empty.mp4", "fake/person0/text.mp4"]
+    assert all(failures["reason"].str.startswith("DecodeError"))
+    index = cache.read_index(tmp_path / "cache")
+    assert not set(failures["path"]) & set(index["path"])           # failures appear nowhere else
+    ds = CachedClips(tmp_path / "cache", "all")
+    video, mfcc, label = ds[0]
+    assert video.dtype == torch.uint8 and video.shape == (3, 8, 16, 16)
+    assert mfcc.shape == (10, 40) and label in (0, 1)
+
+
+def test_rerun_processes_only_missing_clips(tmp_path):
+    data = _folder_corpus(tmp_path / "data", n_ident=3)
+    records = index_dataset("folder", data)
+    first = preprocess(records, data, tmp_path / "cache", CONFIG, workers=1, progress=False)
+    assert first["processed_this_run"] == 6
+    victim = cache.read_index(tmp_path / "cache")["clip_id"][0]
+    import shutil
+    shutil.rmtree(tmp_path / "cache" / "clips" / victim)
+    second = preprocess(records, data, tmp_path / "cache", CONFIG, workers=1, progress=False)
+    assert second["processed_this_run"] == 1 and second["clips_cached"] == 6
+
+
+def test_cache_refuses_other_settings(tmp_path):
+    cache.open_cache(tmp_path / "c", CONFIG)
+    with pytest.raises(cache.CacheError, match="frames"):
+        cache.open_cache(tmp_path / "c", {**CONFIG, "frames": 9})
+
+
+def test_a_killed_run_leaves_no_entry_a_reader_accepts(tmp_path):
+    data = _folder_corpus(tmp_path / "data", n_ident=6)
+    script = (f"import sys; sys.path.insert(0, {str(os.getcwd())!r})\n"
+              "from avlib.indexers import index_dataset\nfrom avlib.preprocess import preprocess, settings\n"
+              f"r = index_dataset('folder', {str(data)!r})\n"
+              f"preprocess(r, {str(data)!r}, {str(tmp_path / 'cache')!r}, "
+              "settings(frames=8, size=16, fps=25, n_mfcc=40, mfcc_steps=10), workers=1, progress=False)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list((tmp_path / "cache" / "clips").glob("*"))) < 3 if (tmp_path / "cache" / "clips").exists() else time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    manifest = cache.read_manifest(tmp_path / "cache")
+    for folder in (tmp_path / "cache" / "clips").iterdir():
+        if not folder.name.startswith(".tmp-"):
+            cache.read_clip(tmp_path / "cache", folder.name, manifest)   # every visible entry is complete
+    records = index_dataset("folder", data)
+    report = preprocess(records, data, tmp_path / "cache", CONFIG, workers=1, progress=False)
+    assert report["clips_cached"] == 12
+    assert not list((tmp_path / "cache" / "clips").glob(".tmp-*"))
+
+
+def test_reader_rejects_an_entry_of_the_wrong_shape(tmp_path):
+    cache.open_cache(tmp_path / "c", CONFIG)
+    cache.write_clip(tmp_path / "c", "x", np.zeros((3, 7, 16, 16), np.uint8), np.zeros((10, 40), np.float32), {})
+    with pytest.raises(cache.CacheError, match="expected"):
+        cache.read_clip(tmp_path / "c", "x", CONFIG)
+
+
+def test_shards_split_the_work_and_merge_into_one_index(tmp_path):
+    data = _folder_corpus(tmp_path / "data", n_ident=4)
+    records = index_dataset("folder", data)
+    a = preprocess(records, data, tmp_path / "cache", CONFIG, workers=1, shard=0, num_shards=2, progress=False)
+    b = preprocess(records, data, tmp_path / "cache", CONFIG, workers=1, shard=1, num_shards=2, progress=False)
+    assert a["processed_this_run"] + b["processed_this_run"] == 8
+    assert 0 < a["processed_this_run"] < 8 and b["clips_cached"] == 8
+
+
+def test_fakeavceleb_metadata_quirks(tmp_path):
+    root = tmp_path / "FakeAVCeleb_v1.2"
+    rel = "FakeVideo-RealAudio/African/men/id00001"
+    write_video(root / rel / "00001_id00002_fsgan (1).mp4", face_frames(8, 32, 32), 25, tone(0.4), 16000)
+    write_video(root / "RealVideo-RealAudio/African/men/id00001/00001.mp4", face_frames(8, 32, 32), 25, tone(0.4), 16000)
+    lines = ["source,target1,target2,method,category,type,race,gender,path,",
+             f"id00001,id00002,-,fsgan,C,FakeVideo-RealAudio,African,men,00001_id00002_fsgan (1).mp4,FakeAVCeleb/{rel}",
+             f"id00001,id00002,-,fsgan,C,FakeVideo-RealAudio,African,men,00001_id00002_fsgan (1).mp4,FakeAVCeleb/{rel}",
+             "id00001,-,-,real,A,RealVideo-RealAudio,African,men,00001.mp4,FakeAVCeleb/RealVideo-RealAudio/African/men/id00001",
+             "id00009,-,-,real,A,RealVideo-RealAudio,Asian,women,00009.mp4,FakeAVCeleb/RealVideo-RealAudio/Asian/women/id00009"]
+    (root / "meta_data.csv").write_text("\n".join(lines) + "\n")
+    meta = read_fakeavceleb_metadata(root / "meta_data.csv")
+    assert len(meta) == 3                                  # the repeated row is dropped
+    assert meta["relpath"][0] == f"{rel}/00001_id00002_fsgan (1).mp4"
+    records = index_dataset("fakeavceleb", tmp_path)
+    assert len(records) == 2                               # the listed-but-absent file is skipped
+    fake = records[records["label"] == 1].iloc[0]
+    assert (fake["category"], fake["method"], fake["identity"], fake["race"]) == ("FVRA", "fsgan", "id00001", "African")
+
+
+def test_cremad_and_casualconv_indexers(tmp_path):
+    cremad = tmp_path / "cremad" / "VideoFlash"
+    for name in ("1001_DFA_ANG_XX.flv", "1002_IEO_HAP_HI.flv"):
+        write_video(cremad / name, face_frames(6, 32, 32), 25, tone(0.3), 16000)
+    records = index_dataset("cremad", tmp_path / "cremad")
+    assert list(records["identity"]) == ["1001", "1002"] and set(records["label"]) == {0}
+    cc = tmp_path / "cc" / "CasualConversationsA" / "1140"
+    write_video(cc / "1140_00.MP4", face_frames(6, 32, 32), 25, tone(0.3), 16000)
+    (tmp_path / "cc" / "CasualConversations.json").write_text(json.dumps(
+        {"1140": {"files": ["1140/1140_00.MP4"], "dark_files": [], "label": {"age": "34", "gender": "Female", "skin-type": "4"}}}))
+    rec = index_dataset("casualconv", tmp_path / "cc").iloc[0]
+    assert (rec["identity"], rec["age"], rec["gender"], rec["skin_type"], rec["label"]) == ("1140", "34", "Female", "4", 0)
+
+
+def test_splits_are_identity_disjoint_stratified_and_seeded():
+    rows = [dict(path=f"{i}-{c}", identity=f"id{i}", category=c, label=int(c != "RVRA"))
+            for i in range(40) for c in ("RVRA", "RVFA", "FVRA", "FVFA")]
+    records = pd.DataFrame(rows)
+    a = assign_splits(records, seed=1)
+    assert a.groupby("identity")["split"].nunique().max() == 1
+    assert set(a["split"]) == {"train", "val", "test"}
+    assert (a["split"] == "test").sum() == 6 * 4        # 15 % of 40 identities, every category
+    assert a.equals(assign_splits(records, seed=1)) and not a["split"].equals(assign_splits(records, seed=2)["split"])
+    leaked = a.copy()
+    leaked.loc[0, "split"] = "test" if leaked.loc[0, "split"] != "test" else "train"
+    with pytest.raises(SplitLeakError, match="id0"):
+        audit_splits(leaked)
+
+
+def test_loader_yields_uint8_batches(tmp_path):
+    data = _folder_corpus(tmp_path / "data", n_ident=3)
+    preprocess(index_dataset("folder", data), data, tmp_path / "cache", CONFIG, workers=1, progress=False)
+    loader = make_loader(CachedClips(tmp_path / "cache", "all"), batch_size=4, train=True, workers=0)
+    video, mfcc, labels = next(iter(loader))
+    assert video.dtype == torch.uint8 and video.shape == (4, 3, 8, 16, 16) and mfcc.shape == (4, 10, 40)
