@@ -31,4 +31,4 @@ lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
 
 bench: $(STAMP)
-	$(PY) -m avlib.bench all
+	$(PY) -m avlib.bench preprocess

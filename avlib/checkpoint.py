@@ -36,12 +36,17 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"{path}: refused, it holds objects other than tensors and plain data "
-                              f"({str(e).splitlines()[0]})") from e
+                              f"({_first_line(e)})") from e
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({str(e).splitlines()[0]})") from e
+        raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({_first_line(e)})") from e
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a dict, found {type(state).__name__}")
     return state
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
 
 
 def load_state_dict(path: str | os.PathLike) -> dict:

@@ -1,0 +1,75 @@
+"""Training: resume continues exactly, checkpoints are kept by policy, faults are named."""
+import pandas as pd
+import pytest
+import torch
+
+from avlib.checkpoint import save_checkpoint
+from avlib.data import CachedClips, make_loader
+from avlib.model import build_model
+from avlib.preprocess import settings, write_dummy_cache
+from avlib.train import NonFiniteLossError, ResumeError, fit, train_one_epoch
+
+CONFIG = settings(frames=4, size=16, fps=25, n_mfcc=40, mfcc_steps=8)
+
+
+@pytest.fixture
+def tiny_cache(tmp_path):
+    write_dummy_cache(tmp_path / "cache", CONFIG, n=16, seed=0)
+    return tmp_path / "cache"
+
+
+def _fit(cache, run, epochs, **kw):
+    torch.manual_seed(0)
+    model = build_model()
+    train = make_loader(CachedClips(cache, "train"), batch_size=4, train=True, seed=0)
+    val = make_loader(CachedClips(cache, "val"), batch_size=4, train=False)
+    history = fit(model, train, val, run_dir=run, epochs=epochs, lr=1e-3, device=torch.device("cpu"),
+                  seed=0, progress=False, log=lambda *a: None, **kw)
+    return model, history
+
+
+def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tiny_cache, tmp_path):
+    straight, h1 = _fit(tiny_cache, tmp_path / "a", 3)
+    _fit(tiny_cache, tmp_path / "b", 1)
+    resumed, h2 = _fit(tiny_cache, tmp_path / "b", 3)
+    for (name, p), q in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(p.float(), q.float(), atol=1e-6), name
+    assert list(h2["epoch"]) == [1, 2, 3]
+    assert h1["train_loss"].tolist() == pytest.approx(h2["train_loss"].tolist(), rel=1e-5)
+
+
+def test_checkpoint_retention_and_files(tiny_cache, tmp_path):
+    _fit(tiny_cache, tmp_path / "r", 3, keep_last=2)
+    ckpts = sorted(p.name for p in (tmp_path / "r" / "checkpoints").glob("*.pt"))
+    assert ckpts == ["best.pt", "epoch_002.pt", "epoch_003.pt", "last.pt"]
+    assert len(pd.read_csv(tmp_path / "r" / "history.csv")) == 3
+
+
+def test_truncated_last_checkpoint_falls_back_to_the_previous_epoch(tiny_cache, tmp_path):
+    _fit(tiny_cache, tmp_path / "t", 2, keep_last=2)
+    last = tmp_path / "t" / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])
+    (tmp_path / "t" / "checkpoints" / "epoch_002.pt").write_bytes(b"")
+    _, history = _fit(tiny_cache, tmp_path / "t", 2, keep_last=2)
+    assert list(history["epoch"]) == [1, 2]            # epoch 1 restored, epoch 2 trained again
+
+
+def test_resume_with_another_model_is_refused(tiny_cache, tmp_path):
+    _fit(tiny_cache, tmp_path / "m", 1)
+    torch.manual_seed(0)
+    model = build_model(modality="video")
+    train = make_loader(CachedClips(tiny_cache, "train"), batch_size=4, train=True)
+    val = make_loader(CachedClips(tiny_cache, "val"), batch_size=4, train=False)
+    with pytest.raises(ResumeError, match="modality"):
+        fit(model, train, val, run_dir=tmp_path / "m", epochs=2, lr=1e-3, device=torch.device("cpu"),
+            progress=False, log=lambda *a: None)
+
+
+def test_non_finite_loss_names_epoch_and_batch(tiny_cache):
+    model = build_model()
+    with torch.no_grad():
+        model.classifier[-1].bias.fill_(float("nan"))
+    loader = make_loader(CachedClips(tiny_cache, "train"), batch_size=4, train=True)
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    with pytest.raises(NonFiniteLossError, match="epoch 7, batch 0"):
+        train_one_epoch(model, torch.nn.CrossEntropyLoss(), opt, loader, torch.device("cpu"), 7)
