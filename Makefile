@@ -32,3 +32,4 @@ lab: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m avlib.bench preprocess
+	$(PY) -m avlib.bench train

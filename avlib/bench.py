@@ -1,12 +1,19 @@
 """Benchmarks that print figures (not timed tests):
 
-    python -m avlib.bench preprocess [--clips 24] [--workers 2]
+    python -m avlib.bench preprocess [--clips 120] [--workers 2]
+    python -m avlib.bench train [--frames 16] [--size 64] [--batch 8] [--steps 6]
 
 preprocess: the same clips processed two ways in one run. The seed's way: OpenCV frame reads
 resized to 112x112, audio extracted to WAV by an ffmpeg process and loaded by librosa (22.05 kHz),
 MFCC, float32 .npy files, one process. Ours: avlib.preprocess (PyAV single pass, uint8 cache,
 `workers` processes). Then a warm-cache DataLoader read of our cache. Clips are synthetic
 talking faces of 224x224 at 25 fps, 6 s long, encoded H.264/AAC.
+
+train: the seed's loop (fp32, default memory format, float32 video from the loader) and ours
+(bf16 autocast for the video encoder, channels_last_3d, uint8 video converted on the device)
+at the same reduced configuration in one process: training and inference clips/s and their
+ratio, then the largest |P(fake)| difference between bf16 and fp32 inference on the same clips
+and the AUC of each (on the clips of --cache with the weights of --checkpoint when given).
 """
 from __future__ import annotations
 
@@ -102,12 +109,108 @@ def bench_preprocess(clips: int, workers: int) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _time_steps(step, steps: int) -> float:
+    step()                                    # warm-up (allocations, oneDNN kernel selection)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - start) / steps
+
+
+def bench_train(frames: int, size: int, batch: int, steps: int, checkpoint: str | None, cache_dir: str | None) -> dict:
+    import torch
+
+    from avlib.model import build_model, video_to_model_input
+    from avlib.train import safe_auc
+
+    torch.manual_seed(0)
+    cpu = torch.device("cpu")
+    video_u8 = torch.randint(0, 256, (batch, 3, frames, size, size), dtype=torch.uint8)
+    video_f32 = video_u8.float() / 255.0                      # what the seed's loader yields
+    audio = torch.randn(batch, 200, 40)
+    labels = torch.randint(0, 2, (batch,))
+    out = {"frames": frames, "size": size, "batch": batch}
+    for name, amp, channels_last in (("seed", False, False), ("ours", True, True)):
+        model = build_model()
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last_3d)
+        optimizer = torch.optim.Adam(model.parameters(), 1e-4)
+
+        def train_step():
+            video = video_to_model_input(video_u8, cpu, channels_last=True) if channels_last else video_f32
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                logits = model(video, audio)
+            loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+        @torch.no_grad()
+        def infer_step():
+            video = video_to_model_input(video_u8, cpu, channels_last=True) if channels_last else video_f32
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                model(video, audio)
+
+        model.train()
+        out[f"{name}_train_clips_per_s"] = batch / _time_steps(train_step, steps)
+        model.eval()
+        out[f"{name}_infer_clips_per_s"] = batch / _time_steps(infer_step, steps)
+    out["train_speedup"] = out["ours_train_clips_per_s"] / out["seed_train_clips_per_s"]
+    out["infer_speedup"] = out["ours_infer_clips_per_s"] / out["seed_infer_clips_per_s"]
+
+    # bf16 vs fp32 agreement on the same clips and weights
+    if checkpoint and cache_dir:
+        from avlib.data import CachedClips, make_loader
+        from avlib.evaluate import load_detector
+
+        model, _ = load_detector(checkpoint, "cpu")
+        loader = make_loader(CachedClips(cache_dir, "test"), batch_size=batch, train=False)
+        source = f"{checkpoint} on the test split of {cache_dir}"
+    else:
+        from avlib.data import RandomClips
+        from torch.utils.data import DataLoader
+
+        model = build_model().eval()
+        loader = DataLoader(RandomClips(64, frames, size), batch_size=batch)
+        source = "untrained weights on random clips (pass --checkpoint and --cache for a trained model)"
+    probs = {False: [], True: []}
+    labels_all = []
+    with torch.no_grad():
+        for video, mfcc, y in loader:
+            labels_all.append(y)
+            for amp in (False, True):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                    logits = model(video_to_model_input(video, cpu), mfcc).float()
+                probs[amp].append(torch.softmax(logits, 1)[:, 1])
+    p32, p16, y = torch.cat(probs[False]), torch.cat(probs[True]), torch.cat(labels_all).numpy()
+    out.update({"agreement_source": source, "max_abs_prob_diff": float((p32 - p16).abs().max()),
+                "auc_fp32": safe_auc(y, p32.numpy()), "auc_bf16": safe_auc(y, p16.numpy())})
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["preprocess", "all"])
-    parser.add_argument("--clips", type=int, default=24)
+    parser.add_argument("what", choices=["preprocess", "train"])
+    parser.add_argument("--clips", type=int, default=120)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--checkpoint", help="a trained best.pt, for the bf16/fp32 agreement")
+    parser.add_argument("--cache", help="the cache that checkpoint was trained on")
     args = parser.parse_args(argv)
+    if args.what == "train":
+        r = bench_train(args.frames, args.size, args.batch, args.steps, args.checkpoint, args.cache)
+        print(f"\ntraining loop at {r['frames']}x{r['size']}x{r['size']}, batch {r['batch']}, CPU")
+        print(f"  seed's loop (fp32, contiguous, float32 loader): train {r['seed_train_clips_per_s']:6.2f} clips/s   "
+              f"infer {r['seed_infer_clips_per_s']:6.2f} clips/s")
+        print(f"  ours (bf16 autocast, channels_last_3d, uint8):   train {r['ours_train_clips_per_s']:6.2f} clips/s   "
+              f"infer {r['ours_infer_clips_per_s']:6.2f} clips/s")
+        print(f"  speed-up: train {r['train_speedup']:.2f}x, inference {r['infer_speedup']:.2f}x")
+        print(f"  bf16 vs fp32 ({r['agreement_source']}): largest |P(fake)| difference {r['max_abs_prob_diff']:.4f}, "
+              f"AUC fp32 {r['auc_fp32']:.4f}, bf16 {r['auc_bf16']:.4f}")
+        return 0
     r = bench_preprocess(args.clips, args.workers)
     print(f"\npreprocess, {r['clips']} clips at 128x112x112 + MFCC 200x40, {r['workers']} workers")
     print(f"  seed's way : {r['seed_clips_per_s']:7.2f} clips/s   {r['seed_bytes_per_clip'] / 1e6:6.2f} MB/clip")

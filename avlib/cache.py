@@ -23,6 +23,7 @@ import pandas as pd
 
 from avlib.paths import read_json, write_csv, write_json
 
+META_COLUMNS = ("valid_frames", "has_audio", "start_seconds", "lead_silence", "audio_rms_db")
 MANIFEST_KEYS = ("frames", "size", "fps", "n_mfcc", "mfcc_steps", "sample_rate", "window", "skip_silence", "face_crop")
 
 
@@ -79,9 +80,9 @@ def write_clip(cache_dir: Path, cid: str, video: np.ndarray, mfcc: np.ndarray, m
         np.save(tmp / "mfcc.npy", np.ascontiguousarray(mfcc, dtype=np.float32))
         with open(tmp / "meta.json", "w", encoding="utf-8") as f:
             json.dump(meta, f)
-        for name in ("video.npy", "mfcc.npy", "meta.json"):
-            with open(tmp / name, "rb") as f:
-                os.fsync(f.fileno())
+        # No fsync: a killed process loses nothing the kernel already holds, and fsync tripled
+        # the write time. After an OS crash a clip could be short; read_clip's shape check
+        # (np.load refuses a file shorter than its header says) rejects it.
         final = clips / cid
         if final.exists():
             shutil.rmtree(final)
@@ -122,10 +123,10 @@ def rebuild_tables(cache_dir: Path, records: pd.DataFrame) -> tuple[pd.DataFrame
         meta_path = cache_dir / "clips" / rec["clip_id"] / "meta.json"
         if meta_path.is_file():
             meta = read_json(meta_path)
-            rows.append({**rec, **{k: meta[k] for k in ("valid_frames", "has_audio", "start_seconds")}})
+            rows.append({**rec, **{k: meta.get(k) for k in META_COLUMNS}})
         elif (cache_dir / "failures" / f"{rec['clip_id']}.json").is_file():
             failures.append(read_json(cache_dir / "failures" / f"{rec['clip_id']}.json"))
-    index = pd.DataFrame(rows, columns=list(records.columns) + ["valid_frames", "has_audio", "start_seconds"])
+    index = pd.DataFrame(rows, columns=list(records.columns) + list(META_COLUMNS))
     fails = pd.DataFrame(failures, columns=["path", "reason"])
     write_csv(cache_dir / "index.csv", index)
     write_csv(cache_dir / "failures.csv", fails)

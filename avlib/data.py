@@ -79,7 +79,15 @@ def make_loader(dataset: Dataset, *, batch_size: int, train: bool, workers: int 
     resumed run sees the same order as an uninterrupted one."""
     sampler = None
     generator = torch.Generator().manual_seed(seed)
-    if train:
+    import torch.distributed as dist
+
+    if train and dist.is_available() and dist.is_initialized():
+        from torch.utils.data.distributed import DistributedSampler
+
+        if balance == "sampler":
+            raise ValueError("parameter `balance`: 'sampler' is not supported with several processes; use 'weights'")
+        sampler = DistributedSampler(dataset, shuffle=True, seed=seed)   # fit() calls set_epoch
+    elif train:
         labels = getattr(dataset, "labels", None)
         if balance == "sampler" and labels is not None and len(np.unique(labels)) > 1:
             counts = np.bincount(labels, minlength=2)

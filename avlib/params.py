@@ -85,6 +85,7 @@ RULES = {
     "balance": _choice(BALANCE),
     "select_metric": _choice(SELECT_METRICS),
     "split": _choice(SPLITS),
+    "modality": _choice(("av", "video", "audio")),
 }
 
 

@@ -28,10 +28,10 @@ def notebook_parameters(name: str) -> dict:
 
 def split_params(params: dict, names=NOTEBOOKS) -> dict[str, dict]:
     """The parameters each notebook receives; raises ParameterError for a key no notebook has."""
-    declared = {name: notebook_parameters(name) for name in names}
+    declared = {name: notebook_parameters(name) for name in NOTEBOOKS}
     unknown = sorted(set(params) - set().union(*[set(d) for d in declared.values()]))
     if unknown:
-        raise ParameterError(f"unknown parameter(s) {', '.join(unknown)}: no notebook of {', '.join(names)} declares them")
+        raise ParameterError(f"unknown parameter(s) {', '.join(unknown)}: no notebook declares them")
     return {name: {k: v for k, v in params.items() if k in declared[name]} for name in names}
 
 

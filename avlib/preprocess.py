@@ -29,11 +29,26 @@ def process_file(path: str | Path, config: dict) -> tuple[np.ndarray, np.ndarray
     Raises DecodeError (or an FFmpeg/OS error) for unusable files."""
     clip = decode_clip(path, frames=config["frames"], size=config["size"], fps=config["fps"],
                        sample_rate=config["sample_rate"], window=config["window"],
-                       skip_silence=config["skip_silence"], face_crop=config["face_crop"])
+                       skip_silence=config["skip_silence"], face_crop=config["face_crop"],
+                       threads=config.get("threads", 0))
     mfcc = compute_mfcc(clip.audio, config["sample_rate"], config["n_mfcc"], config["mfcc_steps"])
     meta = dict(valid_frames=int(clip.valid_frames), has_audio=bool(clip.has_audio),
-                start_seconds=round(float(clip.start_seconds), 3))
+                start_seconds=round(float(clip.start_seconds), 3), **shortcut_features(clip.audio, config["sample_rate"]))
     return clip.video.transpose(3, 0, 1, 2), mfcc, meta
+
+
+def shortcut_features(audio: np.ndarray, sample_rate: int) -> dict:
+    """What a shortcut detector would look at: seconds of leading silence in the window (more
+    than 40 dB below its loudest part; the whole window if silent) and its RMS level in dB."""
+    import librosa
+
+    rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if len(audio) else 0.0
+    if not np.any(audio):
+        lead = len(audio) / sample_rate
+    else:
+        _, (begin, _) = librosa.effects.trim(audio, top_db=40, frame_length=512, hop_length=128)
+        lead = begin / sample_rate
+    return {"lead_silence": round(float(lead), 4), "audio_rms_db": round(20 * np.log10(rms + 1e-8), 2)}
 
 
 def _worker_init() -> None:
@@ -74,13 +89,17 @@ def preprocess(records: pd.DataFrame, data_dir: str | Path, cache_dir: str | Pat
 
     write_csv(cache_dir / "records.csv", records)
     data_dir = Path(data_dir)
-    tasks = [(str(data_dir / r.path), r.path, r.clip_id, config, str(cache_dir))
+    worker_config = {**config, "threads": 1 if workers > 1 else 0}   # one decoding thread per worker process
+    tasks = [(str(data_dir / r.path), r.path, r.clip_id, worker_config, str(cache_dir))
              for r in records.itertuples() if in_shard(r.clip_id, shard, num_shards)
              and not cache.is_cached(cache_dir, r.clip_id)]
     failed_now = 0
     bar = tqdm(total=len(tasks), desc="preprocess", unit="clip", disable=not progress)
     if workers > 1 and len(tasks) > 1:
-        with mp.get_context("spawn").Pool(min(workers, len(tasks)), initializer=_worker_init) as pool:
+        # fork, as torch's DataLoader does on Linux: spawn re-imports librosa/numba/av in every
+        # worker, seconds that dominate small corpora.
+        context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        with context.Pool(min(workers, len(tasks)), initializer=_worker_init) as pool:
             for _, reason in pool.imap_unordered(_process_task, tasks):
                 failed_now += reason is not None
                 bar.update()
@@ -132,7 +151,8 @@ def write_dummy_cache(cache_dir: str | Path, config: dict, *, n: int = 48, seed:
         if not cache.is_cached(cache_dir, cid):
             video = rng.integers(0, 256, shape, dtype=np.uint8)
             mfcc = rng.normal(0, 1, (config["mfcc_steps"], config["n_mfcc"])).astype(np.float32)
-            cache.write_clip(cache_dir, cid, video, mfcc, dict(valid_frames=config["frames"], has_audio=True, start_seconds=0.0))
+            cache.write_clip(cache_dir, cid, video, mfcc, dict(valid_frames=config["frames"], has_audio=True, start_seconds=0.0,
+                                                               lead_silence=0.0, audio_rms_db=-20.0))
     index, failures = cache.rebuild_tables(cache_dir, records)
     return {"cache_dir": str(cache_dir), "settings": config, "clips_indexed": n, "clips_cached": len(index),
             "clips_failed": len(failures), "per_split": split_summary(index),

@@ -125,6 +125,10 @@ def train_stage(*, run_name: str, results_dir: str, cache_dir: str = "", epochs:
                 balance: str = "none", select_metric: str = "val_accuracy", keep_last: int = 2,
                 resume: bool = True, progress: bool = True, log=print) -> pd.DataFrame:
     """Train the run's model on the cache's train split, validating on its val split."""
+    import os
+
+    import torch
+
     from avlib.data import CachedClips, make_loader, mfcc_statistics
     from avlib.params import pick_device
     from avlib.train import fit, set_seed
@@ -138,6 +142,9 @@ def train_stage(*, run_name: str, results_dir: str, cache_dir: str = "", epochs:
                                 f"both are needed (check failures.csv there)")
     model.audio_encoder.set_normalization(*mfcc_statistics(train_set))
     dev = pick_device(device)
+    if dev.type == "cuda" and "LOCAL_RANK" in os.environ:           # torchrun: one GPU per process
+        dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(dev)
     train_loader = make_loader(train_set, batch_size=batch_size, train=True, workers=workers, device=dev,
                                balance=balance, seed=seed)
     val_loader = make_loader(val_set, batch_size=batch_size, train=False, workers=workers, device=dev)
@@ -154,46 +161,25 @@ def train_stage(*, run_name: str, results_dir: str, cache_dir: str = "", epochs:
 
 def evaluate_stage(*, run_name: str, results_dir: str, cache_dir: str = "", split: str = "test",
                    checkpoint: str = "best", batch_size: int = 8, device: str = "auto", workers: int = 2,
-                   amp: bool = False, progress: bool = True) -> dict:
+                   amp: bool = False, generalization_cache_dir: str = "", progress: bool = True) -> dict:
     """Score val (to choose the threshold) and `split` with the run's best (or last) weights;
-    writes predictions.csv and metrics.json and returns the metrics."""
-    from avlib.checkpoint import load_checkpoint
-    from avlib.data import CachedClips, make_loader
-    from avlib.metrics import choose_threshold, evaluation_report
-    from avlib.model import build_model
-    from avlib.params import pick_device
-    from avlib.train import predict
+    add the shortcut baseline, and the false-positive rate on a real-only corpus when
+    `generalization_cache_dir` names one. Writes predictions.csv, metrics.json and a row of
+    results/comparison.csv; returns the metrics."""
+    from avlib import evaluate
 
     run = run_dir(results_dir, run_name)
     ckpt_path = _need(run / "checkpoints" / f"{checkpoint}.pt", f"checkpoints/{checkpoint}.pt", "03_train")
-    state = load_checkpoint(ckpt_path)
-    cfg = state["model_config"]
-    model = build_model(n_mfcc=cfg["n_mfcc"], modality=cfg["modality"])
-    model.load_state_dict(state["model"])
-    dev = pick_device(device)
-    model.to(dev)
     cache = locate_cache(results_dir, run_name, cache_dir)
-
-    def score(which: str):
-        ds = CachedClips(cache, which)
-        if len(ds) == 0:
-            return ds, None
-        loader = make_loader(ds, batch_size=batch_size, train=False, workers=workers, device=dev)
-        return ds, predict(model, loader, dev, amp=amp, progress=progress, desc=f"predict {which}")
-
-    val_ds, val_out = score("val")
-    threshold = choose_threshold(val_out["labels"], val_out["probs"]) if val_out is not None else 0.5
-    ds, out = score(split)
-    if out is None:
-        raise MissingInputError(f"the cache at {cache} has no clips in split {split!r}")
-    pred = ds.index[["clip_id", "path", "split", "label", "category", "method", "identity"]].copy()
-    pred["p_fake"] = out["probs"]
-    pred["pred"] = (pred["p_fake"] >= threshold).astype(int)
-    write_csv(run / "predictions.csv", pred)
-    metrics = {"run_name": run_name, "split": split, "checkpoint": checkpoint, "epoch": state.get("epoch"),
-               "threshold_source": "val (max balanced accuracy)" if val_out is not None else "default 0.5",
-               **evaluation_report(pred, threshold)}
+    metrics = evaluate.evaluate_run(ckpt_path, cache, run, split=split, batch_size=batch_size, device=device,
+                                    workers=workers, amp=amp, progress=progress)
+    metrics["run_name"] = run_name
+    if generalization_cache_dir:
+        metrics["generalization"] = evaluate.generalization_report(
+            ckpt_path, resolve(generalization_cache_dir), run, threshold=metrics["threshold"], batch_size=batch_size,
+            device=device, workers=workers, amp=amp, progress=progress)
     write_json(run / "metrics.json", metrics)
+    evaluate.update_comparison(resolve(results_dir) / "comparison.csv", metrics)
     return metrics
 
 

@@ -8,7 +8,8 @@ face whose mouth follows the speech envelope of a source-filter voice. The manip
 - fake video (FVRA, FVFA): a re-rendered face region (blend seam, blur, colour shift,
   frame-to-frame flicker), its lips re-synced to the voice that is heard; 'wav2lip' re-renders
   the mouth region only.
-The strength of each artifact is drawn per clip, so some fakes are subtle. Deterministic for
+The strength of each artifact is drawn per clip (audio 0.35-1, video 0.5-1), so some fakes
+are subtle. Deterministic for
 a given seed. `leading_silence` > 0 prepends that many seconds of silence to fake audio,
 reproducing FakeAVCeleb's known shortcut (DESIGN.md) for audits.
 """
@@ -89,7 +90,7 @@ def plan_corpus(spec: CorpusSpec) -> list[dict]:
                          file=f"00000_{target}_{am}.mp4", sentence=0, fake_video=True, fake_audio=True))
     for j, row in enumerate(rows):
         row["clip_seed"] = j
-        row["strength_video"] = float(rng.uniform(0.35, 1.0))
+        row["strength_video"] = float(rng.uniform(0.5, 1.0))
         row["strength_audio"] = float(rng.uniform(0.35, 1.0))
     return rows
 
@@ -340,7 +341,7 @@ def rerender_face(frames, src, tgt, mouth, size, fps, rng, strength: float, *, m
     leaves a blend seam."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     diff = tgt["skin"] - src["skin"]
-    shift = diff / max(np.linalg.norm(diff), 1e-6) * max(np.linalg.norm(diff) * 0.5, 40.0) * strength
+    shift = diff / max(np.linalg.norm(diff), 1e-6) * max(np.linalg.norm(diff) * 0.5, 60.0) * strength
     phase_rng = np.random.default_rng([int(src["texture_seed"]), 5])
     phase = float(phase_rng.uniform(0, 2 * np.pi))
     out = []
@@ -353,13 +354,13 @@ def rerender_face(frames, src, tgt, mouth, size, fps, rng, strength: float, *, m
             rx, ry, ccy = 0.75 * ax, 0.7 * ay, cy + 0.1 * ay
         d = np.sqrt(((xx - cx - jx) / rx) ** 2 + ((yy - ccy - jy) / ry) ** 2)
         mask = np.clip((1.05 - d) / 0.1, 0, 1)[..., None]
-        seam = (np.abs(d - 1.0) < 0.06)[..., None]
+        seam = (np.abs(d - 1.0) < 0.1)[..., None]
         f = img.astype(np.float32)
         sigma = 0.6 + 1.4 * strength
         blurred = cv2.GaussianBlur(f, (0, 0), sigma)
-        flicker = rng.normal(0, 12 * strength, 3)
+        flicker = rng.normal(0, 20 * strength, 3)
         rendered = blurred + shift + flicker
         f = f * (1 - mask) + rendered * mask
-        f = np.where(seam, f * (1 - 0.4 * strength), f)
+        f = np.where(seam, f * (1 - 0.5 * strength), f)
         out.append(np.clip(f, 0, 255).astype(np.uint8))
     return out

@@ -1,7 +1,18 @@
 """Stage 3: the training loop, torchvision references style (plain functions, explicit
 arguments): train_one_epoch, predict, fit. `fit` resumes from the last complete checkpoint,
 keeps `last`, `best` and the newest `keep_last` per-epoch checkpoints, and writes
-history.csv after every epoch."""
+history.csv after every epoch.
+
+Several processes (one per GPU, or gloo on the CPU) with DistributedDataParallel:
+
+    torchrun --nproc_per_node N -m avlib.train -f params/<run>.yaml
+
+writes the same files as notebooks/03_train.ipynb (run 01 and 02 first); each rank trains on
+its shard of the training split (batch_size per process), rank 0 writes the files, and
+distributed.json records every rank's weight fingerprint. BatchNorm statistics are per rank
+(SyncBatchNorm needs GPUs), so N processes match one process with N x batch_size closely but
+not exactly.
+"""
 from __future__ import annotations
 
 import random
@@ -86,7 +97,8 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
     seconds = time.perf_counter() - start
     probs, labels_all = torch.cat(probs).numpy(), torch.cat(labels_all).numpy()
     return dict(loss=total_loss / max(n, 1), accuracy=float(((probs >= 0.5) == labels_all).mean()),
-                auc=safe_auc(labels_all, probs), seconds=seconds, clips_per_s=n / seconds)
+                auc=safe_auc(labels_all, probs), seconds=seconds, clips_per_s=n / seconds,
+                probs=probs, labels=labels_all)
 
 
 @torch.no_grad()
@@ -150,24 +162,51 @@ def _plain(value):
 
 
 def load_resume_state(checkpoint_dir: Path, identity: dict) -> dict | None:
-    """The newest complete checkpoint (last.pt, else the newest epoch file that loads), or None.
+    """The newest complete checkpoint: last.pt, or a newer epoch_NNN.pt when last.pt is older or
+    broken (a kill between the two writes); None when nothing loads.
 
     Raises ResumeError if it was trained with another model or cache (see RESUME_KEYS)."""
-    candidates = [checkpoint_dir / "last.pt"] + sorted(checkpoint_dir.glob("epoch_*.pt"), reverse=True)
-    for path in candidates:
-        if not path.is_file():
-            continue
+    def epoch_of(path: Path) -> int:
+        return int(path.stem.split("_")[1]) if path.stem.startswith("epoch_") else -1
+
+    state = None
+    if (checkpoint_dir / "last.pt").is_file():
+        try:
+            state = load_checkpoint(checkpoint_dir / "last.pt")
+        except CheckpointError as e:
+            print(f"warning: {e}; trying the per-epoch checkpoints")
+    newest = state["epoch"] if state else 0
+    for path in sorted(checkpoint_dir.glob("epoch_*.pt"), key=epoch_of, reverse=True):
+        if epoch_of(path) <= newest:
+            break
         try:
             state = load_checkpoint(path)
+            break
         except CheckpointError as e:
             print(f"warning: {e}; trying the previous checkpoint")
-            continue
-        for key in RESUME_KEYS:
-            if state["identity"].get(key) != identity.get(key):
-                raise ResumeError(f"{path} was trained with {key}={state['identity'].get(key)} but this run has "
-                                  f"{key}={identity.get(key)}; use another run_name or resume=false")
-        return state
-    return None
+    if state is None:
+        return None
+    for key in RESUME_KEYS:
+        if state["identity"].get(key) != identity.get(key):
+            raise ResumeError(f"the checkpoint of epoch {state['epoch']} in {checkpoint_dir} was trained with "
+                              f"{key}={state['identity'].get(key)} but this run has {key}={identity.get(key)}; "
+                              f"use another run_name or resume=false")
+    return state
+
+
+def _link_or_save(source: Path, target: Path, state: dict) -> None:
+    """Make `target` a hard link to the complete file `source`, atomically (temporary link, then
+    os.replace); write `state` instead where the file system has no hard links."""
+    import os
+
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.link.tmp")
+    try:
+        tmp.unlink(missing_ok=True)
+        os.link(source, tmp)
+        os.replace(tmp, target)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        save_checkpoint(target, state)
 
 
 def fit(model: nn.Module, train_loader, val_loader, *, run_dir: str | Path, epochs: int, lr: float,
@@ -190,6 +229,12 @@ def fit(model: nn.Module, train_loader, val_loader, *, run_dir: str | Path, epoc
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last_3d)
+    rank, world = distributed_rank_and_size()
+    net = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     weights = class_weights(train_loader.dataset.labels) if balance == "weights" else None
     criterion = nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None)
     val_criterion = nn.CrossEntropyLoss()
@@ -210,12 +255,16 @@ def fit(model: nn.Module, train_loader, val_loader, *, run_dir: str | Path, epoc
         log(f"already trained for {start_epoch - 1} epochs (>= epochs={epochs}); nothing to do")
     for epoch in range(start_epoch, epochs + 1):
         sampler = train_loader.sampler
-        if hasattr(sampler, "generator") and sampler.generator is not None:
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)                                 # DistributedSampler: seed + epoch
+        elif hasattr(sampler, "generator") and sampler.generator is not None:
             sampler.generator.manual_seed(seed * 100003 + epoch)   # same order whether resumed or not
-        tr = train_one_epoch(model, criterion, optimizer, train_loader, device, epoch, amp=amp,
-                             channels_last=channels_last, progress=progress)
+        tr = train_one_epoch(net, criterion, optimizer, train_loader, device, epoch, amp=amp,
+                             channels_last=channels_last, progress=progress and rank == 0)
+        if world > 1:
+            tr = _gather_epoch(tr)
         va = predict(model, val_loader, device, amp=amp, channels_last=channels_last, criterion=val_criterion,
-                     progress=progress, desc=f"epoch {epoch} val")
+                     progress=progress and rank == 0, desc=f"epoch {epoch} val")   # every rank: the whole val set
         row = dict(epoch=epoch, train_loss=tr["loss"], train_accuracy=tr["accuracy"], train_auc=tr["auc"],
                    val_loss=va["loss"], val_accuracy=float(((va["probs"] >= 0.5) == va["labels"]).mean()),
                    val_auc=safe_auc(va["labels"], va["probs"]), lr=optimizer.param_groups[0]["lr"],
@@ -225,20 +274,117 @@ def fit(model: nn.Module, train_loader, val_loader, *, run_dir: str | Path, epoc
         better = (best["value"] is None or (value < best["value"] if select_metric == "val_loss" else value > best["value"]))
         if better and not np.isnan(value):
             best = {"metric": select_metric, "value": float(value), "epoch": epoch}
+        if rank != 0:
+            continue                                                  # only rank 0 writes files
+        if best["epoch"] == epoch:
             save_checkpoint(ckpt_dir / "best.pt", {"model": model.state_dict(), "model_config": model_config(model),
-                                                   "epoch": epoch, "best": best, "params": params})
+                                                   "epoch": epoch, "best": best, "params": params,
+                                                   "preprocess": identity.get("cache")})
         full = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "best": best,
                 "history": history, "rng": _rng_state(), "identity": identity, "params": params,
                 "model_config": model_config(model)}
         if keep_last > 0:
-            save_checkpoint(ckpt_dir / f"epoch_{epoch:03d}.pt", full)
+            epoch_path = ckpt_dir / f"epoch_{epoch:03d}.pt"
+            save_checkpoint(epoch_path, full)
+            _link_or_save(epoch_path, ckpt_dir / "last.pt", full)    # one write of the full state, not two
             for old in sorted(ckpt_dir.glob("epoch_*.pt"))[:-keep_last]:
                 old.unlink()
-        save_checkpoint(ckpt_dir / "last.pt", full)
+        else:
+            save_checkpoint(ckpt_dir / "last.pt", full)
         write_csv(run_dir / "history.csv", pd.DataFrame(history))
         log(f"epoch {epoch}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.3f}  "
             f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.3f} auc {row['val_auc']:.3f}  "
             f"{row['train_clips_per_s']:.1f} clips/s" + ("  *best*" if best["epoch"] == epoch else ""))
     frame = pd.DataFrame(history)
-    write_csv(run_dir / "history.csv", frame)
+    if rank == 0:
+        write_csv(run_dir / "history.csv", frame)
+    if world > 1:
+        _record_rank_weights(model, run_dir, rank)
     return frame
+
+
+def distributed_rank_and_size() -> tuple[int, int]:
+    """(rank, world size) of an initialised torch.distributed group, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _gather_epoch(local: dict) -> dict:
+    """Training metrics over every rank's clips (each rank saw its own shard)."""
+    import torch.distributed as dist
+
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, {k: local[k] for k in ("probs", "labels", "loss", "seconds")})
+    probs = np.concatenate([p["probs"] for p in parts])
+    labels = np.concatenate([p["labels"] for p in parts])
+    loss = sum(p["loss"] * len(p["labels"]) for p in parts) / max(len(labels), 1)
+    seconds = max(p["seconds"] for p in parts)
+    return dict(loss=loss, accuracy=float(((probs >= 0.5) == labels).mean()), auc=safe_auc(labels, probs),
+                seconds=seconds, clips_per_s=len(labels) / seconds, probs=probs, labels=labels)
+
+
+def _record_rank_weights(model: nn.Module, run_dir: Path, rank: int) -> None:
+    """Rank 0 writes distributed.json with every rank's weight fingerprint (sum and a hash),
+    so anyone can check that the ranks ended with identical weights."""
+    import hashlib
+    import json
+
+    import torch.distributed as dist
+
+    digest = hashlib.sha1()
+    total = 0.0
+    for p in model.state_dict().values():
+        data = p.detach().cpu().contiguous()
+        digest.update(data.numpy().tobytes() if data.dtype != torch.bfloat16 else data.float().numpy().tobytes())
+        total += float(data.double().sum()) if data.is_floating_point() else 0.0
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, {"rank": rank, "sha1": digest.hexdigest(), "sum": total})
+    if rank == 0:
+        from avlib.paths import write_json
+
+        write_json(run_dir / "distributed.json", {"world_size": len(parts), "ranks": parts,
+                                                  "identical": len({p["sha1"] for p in parts}) == 1})
+
+
+TRAIN_KEYS = ("run_name", "results_dir", "cache_dir", "epochs", "batch_size", "lr", "seed", "device", "workers", "amp",
+              "channels_last", "balance", "select_metric", "keep_last", "resume")
+
+
+def main(argv=None) -> int:
+    """`python -m avlib.train -f params.yaml`, under torchrun or alone."""
+    import argparse
+    import os
+
+    import torch.distributed as dist
+
+    from avlib import stages
+    from avlib.params import check, load_params
+
+    parser = argparse.ArgumentParser(description="Train a run (the script form of notebooks/03_train.ipynb).")
+    parser.add_argument("-f", "--params", required=True, help="a params/*.yaml file")
+    args = parser.parse_args(argv)
+    params = {k: v for k, v in load_params(args.params).items() if k in TRAIN_KEYS}
+    params.setdefault("run_name", "fakeavceleb")
+    params.setdefault("results_dir", "results")
+    params.setdefault("epochs", 100)
+    params.setdefault("batch_size", 4)
+    params.setdefault("lr", 1e-4)
+    check(**params)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        use_nccl = torch.cuda.is_available() and params.get("device", "auto") != "cpu"
+        dist.init_process_group(backend="nccl" if use_nccl else "gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    try:
+        stages.train_stage(**params, progress=rank == 0, log=print if rank == 0 else (lambda *a: None))
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -161,3 +161,50 @@ def test_loader_yields_uint8_batches(tmp_path):
     loader = make_loader(CachedClips(tmp_path / "cache", "all"), batch_size=4, train=True, workers=0)
     video, mfcc, labels = next(iter(loader))
     assert video.dtype == torch.uint8 and video.shape == (4, 3, 8, 16, 16) and mfcc.shape == (4, 10, 40)
+
+
+def test_every_kind_of_odd_file_in_one_run(tmp_path):
+    """The issue's list of odd inputs in one folder corpus: unreadable ones land in failures.csv
+    and nowhere else, the rest are cached with the right shapes, and the run says how many failed."""
+    data = tmp_path / "data"
+    real, fake = data / "real", data / "fake"
+    frames = face_frames(30, 48, 48)
+    readable = {
+        "real/plain.mp4": dict(frames=frames, audio=tone(1.2)),
+        "real/no audio.mp4": dict(frames=frames, audio=None),
+        "real/ten frames.mp4": dict(frames=frames[:10], audio=tone(0.4)),
+        "real/one frame.mp4": dict(frames=frames[:1], audio=tone(0.04)),
+        "real/portrait (1).mp4": dict(frames=[np.full((64, 36, 3), 120, np.uint8)] * 10, audio=tone(0.4)),
+        "fake/thirty fps.mp4": dict(frames=frames, audio=tone(1.0), fps=30),
+        "fake/stéréo 48k.mp4": dict(frames=frames, audio=tone(1.2, 48000, channels=2), rate=48000),
+        "fake/clip.flv": dict(frames=frames, audio=tone(1.2)),
+        "fake/clip.avi": dict(frames=frames, audio=tone(1.2)),
+        "fake/clip.webm": dict(frames=frames, audio=tone(1.2)),
+    }
+    for rel, spec in readable.items():
+        write_video(data / rel, spec["frames"], spec.get("fps", 25), spec["audio"], spec.get("rate", 16000))
+    write_video(data / "real" / "gray.mp4", [np.full((48, 48, 3), 90, np.uint8)] * 10, 25, tone(0.4), 16000, pix_fmt="gray")
+    (fake / "empty.mp4").write_bytes(b"")
+    (fake / "notes.mp4").write_text("not a video\n" * 10)
+    whole = (data / "real" / "plain.mp4").read_bytes()
+    (fake / "half.mp4").write_bytes(whole[: len(whole) // 2])
+    write_video(fake / "voice only.m4a", None, 25, tone(1.0), 16000)
+    (fake / "voice only.mp4").write_bytes((fake / "voice only.m4a").read_bytes())
+    (fake / "voice only.m4a").unlink()
+    unreadable = {"fake/empty.mp4", "fake/notes.mp4", "fake/half.mp4", "fake/voice only.mp4"}
+
+    records = index_dataset("folder", data)
+    report = preprocess(records, data, tmp_path / "cache", CONFIG, workers=2, progress=False)
+    failures = pd.read_csv(tmp_path / "cache" / "failures.csv")
+    assert set(failures["path"]) == unreadable
+    assert report["clips_failed"] == len(unreadable) and report["clips_cached"] == len(readable) + 1
+    index = cache.read_index(tmp_path / "cache")
+    assert not set(index["path"]) & unreadable
+    ds = CachedClips(tmp_path / "cache", "all")
+    for i in range(len(ds)):
+        video, mfcc, _ = ds[i]
+        assert video.shape == (3, 8, 16, 16) and mfcc.shape == (10, 40) and torch.isfinite(mfcc).all()
+    by_path = index.set_index("path")
+    assert not by_path.loc["real/no audio.mp4", "has_audio"] and by_path.loc["real/plain.mp4", "has_audio"]
+    assert by_path.loc["real/one frame.mp4", "valid_frames"] == 1
+    assert report["without_audio"] == 1
