@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from avlib.paths import write_csv
+from avlib.paths import portable, write_csv
 
 COMPARISON_COLUMNS = ["run_name", "dataset", "modality", "split", "epoch", "n_real", "n_fake", "accuracy",
                       "balanced_accuracy", "auc", "auc_ci_low", "auc_ci_high", "ap", "eer", "threshold",
@@ -103,7 +103,7 @@ def generalization_report(checkpoint: Path, cache_dir: Path, run: Path, *, thres
     pred["p_fake"] = out["probs"]
     pred["pred"] = (pred["p_fake"] >= threshold).astype(int)
     write_csv(run / "generalization_predictions.csv", pred)
-    report = {"cache_dir": str(cache_dir), "n": int(len(pred)), "threshold": threshold,
+    report = {"cache_dir": portable(cache_dir), "n": int(len(pred)), "threshold": threshold,
               "false_positive_rate": float(pred["pred"].mean()), "mean_p_fake": float(pred["p_fake"].mean())}
     for column in GENERALIZATION_SLICES:
         if column in pred and (pred[column].astype(str) != "").any():

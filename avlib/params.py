@@ -79,6 +79,7 @@ RULES = {
     "test_fraction": _fraction,
     "identities": lambda n, v: _int(n, v, 1),
     "resume": _bool,
+    "deterministic": _bool,
     "amp": _bool,
     "channels_last": _bool,
     "keep_last": lambda n, v: _int(n, v, 0),

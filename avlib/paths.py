@@ -17,6 +17,16 @@ def resolve(path: str | os.PathLike) -> Path:
     return p if p.is_absolute() else REPO_ROOT / p
 
 
+def portable(path: str | os.PathLike) -> str:
+    """`path` relative to the repository root when it lies inside it (what results files record),
+    else absolute."""
+    p = resolve(path).resolve()
+    try:
+        return p.relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        return str(p)
+
+
 def run_dir(results_dir: str | os.PathLike, run_name: str) -> Path:
     """Return (and create) results/<run_name>/."""
     d = resolve(results_dir) / run_name

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from avlib.paths import default_cache_dir, read_json, resolve, run_dir, write_csv, write_json
+from avlib.paths import default_cache_dir, portable, read_json, resolve, run_dir, write_csv, write_json
 
 
 class MissingInputError(FileNotFoundError):
@@ -61,7 +61,8 @@ def preprocess_stage(*, run_name: str, dataset: str, data_dir: str, cache_dir: s
             records = records.sample(n=limit, random_state=seed).sort_values("path").reset_index(drop=True)
         report = preprocess(records, data, cache, config, workers=workers, shard=shard, num_shards=num_shards,
                             val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, progress=progress)
-    report = {"run_name": run_name, "dataset": dataset, "data_dir": str(data_dir), **report}
+    report = {"run_name": run_name, "dataset": dataset, "data_dir": str(data_dir), **report,
+              "cache_dir": portable(report["cache_dir"])}
     write_json(run_dir(results_dir, run_name) / "preprocess.json", report)
     return report
 
@@ -71,7 +72,7 @@ def locate_cache(results_dir: str, run_name: str, cache_dir: str = "") -> Path:
     if cache_dir:
         return resolve(cache_dir)
     report = _need(resolve(results_dir) / run_name / "preprocess.json", "preprocess.json", "01_preprocess")
-    return Path(read_json(report)["cache_dir"])
+    return resolve(read_json(report)["cache_dir"])
 
 
 # ---------------------------------------------------------------- 02 build model
@@ -123,7 +124,7 @@ def model_from_run(results_dir: str, run_name: str):
 def train_stage(*, run_name: str, results_dir: str, cache_dir: str = "", epochs: int, batch_size: int, lr: float,
                 seed: int = 0, device: str = "auto", workers: int = 2, amp: bool = False, channels_last: bool = True,
                 balance: str = "none", select_metric: str = "val_accuracy", keep_last: int = 2,
-                resume: bool = True, progress: bool = True, log=print) -> pd.DataFrame:
+                resume: bool = True, deterministic: bool = False, progress: bool = True, log=print) -> pd.DataFrame:
     """Train the run's model on the cache's train split, validating on its val split."""
     import os
 
@@ -134,7 +135,7 @@ def train_stage(*, run_name: str, results_dir: str, cache_dir: str = "", epochs:
     from avlib.train import fit, set_seed
 
     cache = locate_cache(results_dir, run_name, cache_dir)
-    set_seed(seed)
+    set_seed(seed, deterministic)
     model, spec = model_from_run(results_dir, run_name)
     train_set, val_set = CachedClips(cache, "train"), CachedClips(cache, "val")
     if len(train_set) == 0 or len(val_set) == 0:
@@ -148,9 +149,10 @@ def train_stage(*, run_name: str, results_dir: str, cache_dir: str = "", epochs:
     train_loader = make_loader(train_set, batch_size=batch_size, train=True, workers=workers, device=dev,
                                balance=balance, seed=seed)
     val_loader = make_loader(val_set, batch_size=batch_size, train=False, workers=workers, device=dev)
-    params = dict(run_name=run_name, cache_dir=str(cache), epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+    params = dict(run_name=run_name, cache_dir=portable(cache), epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                   amp=amp, channels_last=channels_last, balance=balance, select_metric=select_metric)
-    identity = {"model": {k: spec[k] for k in ("n_mfcc", "modality", "parameters")}, "cache": train_set.manifest}
+    identity = {"model": {k: spec[k] for k in ("n_mfcc", "modality", "parameters")},
+                "cache": {**train_set.manifest, "cache_dir": portable(cache)}}
     return fit(model, train_loader, val_loader, run_dir=run_dir(results_dir, run_name), epochs=epochs, lr=lr,
                device=dev, seed=seed, amp=amp, channels_last=channels_last, balance=balance,
                select_metric=select_metric, keep_last=keep_last, resume=resume, identity=identity,

@@ -124,7 +124,9 @@ def generate_corpus(data_dir: str | Path, spec: CorpusSpec = CorpusSpec(), *, wo
         jobs = [(str(root), spec, r) for r in todo]
         bar = tqdm(total=len(jobs), desc="synthetic clips", disable=not progress)
         if workers > 1:
-            with ProcessPoolExecutor(workers) as pool:
+            from avlib.preprocess import worker_context
+
+            with ProcessPoolExecutor(workers, mp_context=worker_context()) as pool:
                 for _ in pool.map(_write_clip_job, jobs, chunksize=4):
                     bar.update()
         else:

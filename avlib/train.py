@@ -263,6 +263,7 @@ def fit(model: nn.Module, train_loader, val_loader, *, run_dir: str | Path, epoc
                              channels_last=channels_last, progress=progress and rank == 0)
         if world > 1:
             tr = _gather_epoch(tr)
+            _broadcast_buffers(model)   # BatchNorm running statistics: rank 0's everywhere, as in its checkpoint
         va = predict(model, val_loader, device, amp=amp, channels_last=channels_last, criterion=val_criterion,
                      progress=progress and rank == 0, desc=f"epoch {epoch} val")   # every rank: the whole val set
         row = dict(epoch=epoch, train_loss=tr["loss"], train_accuracy=tr["accuracy"], train_auc=tr["auc"],
@@ -312,6 +313,13 @@ def distributed_rank_and_size() -> tuple[int, int]:
     return 0, 1
 
 
+def _broadcast_buffers(model: nn.Module) -> None:
+    import torch.distributed as dist
+
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
+
+
 def _gather_epoch(local: dict) -> dict:
     """Training metrics over every rank's clips (each rank saw its own shard)."""
     import torch.distributed as dist
@@ -350,7 +358,7 @@ def _record_rank_weights(model: nn.Module, run_dir: Path, rank: int) -> None:
 
 
 TRAIN_KEYS = ("run_name", "results_dir", "cache_dir", "epochs", "batch_size", "lr", "seed", "device", "workers", "amp",
-              "channels_last", "balance", "select_metric", "keep_last", "resume")
+              "channels_last", "balance", "select_metric", "keep_last", "resume", "deterministic")
 
 
 def main(argv=None) -> int:
