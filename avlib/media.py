@@ -34,6 +34,7 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray] | None, fps: floa
             rate = Fraction(fps).limit_denominator(1001)
             vs = out.add_stream(vcodec, rate=rate)
             vs.width, vs.height, vs.pix_fmt = w - w % 2, h - h % 2, pix_fmt
+            vs.codec_context.thread_count = 1    # threaded encoders do not give the same bytes twice
             if vcodec == "libx264":
                 vs.options = {"crf": str(crf), "preset": "veryfast"}
             if timestamps is not None:

@@ -123,15 +123,13 @@ def generate_corpus(data_dir: str | Path, spec: CorpusSpec = CorpusSpec(), *, wo
 
         jobs = [(str(root), spec, r) for r in todo]
         bar = tqdm(total=len(jobs), desc="synthetic clips", disable=not progress)
-        if workers > 1:
-            from avlib.preprocess import worker_context
+        from avlib.preprocess import worker_context
 
-            with ProcessPoolExecutor(workers, mp_context=worker_context()) as pool:
-                for _ in pool.map(_write_clip_job, jobs, chunksize=4):
-                    bar.update()
-        else:
-            for job in jobs:
-                _write_clip_job(job)
+        # Always in fresh worker processes, even for workers=1: a process that has run torch may
+        # have flushed denormals to zero (oneDNN sets that flag), and the IIR voice filters then
+        # give other bits. Clips must be byte-identical for a given seed.
+        with ProcessPoolExecutor(max(1, workers), mp_context=worker_context()) as pool:
+            for _ in pool.map(_write_clip_job, jobs, chunksize=4):
                 bar.update()
         bar.close()
     _write_metadata(root, rows)

@@ -168,3 +168,18 @@ def test_mfcc_has_exactly_the_requested_steps():
         assert out.shape == (steps, 40) and out.dtype == np.float32 and np.isfinite(out).all()
     silent = compute_mfcc(np.zeros(16000, np.float32), 16000, 40, 20)
     assert np.isfinite(silent).all()
+
+
+def test_face_crop_follows_the_face_and_falls_back_to_the_centre(tmp_path):
+    from avlib.face import smooth_boxes
+
+    boxes = smooth_boxes([(10, 10, 20), None, (12, 10, 20), None, (90, 90, 20), None, (14, 10, 20)], 7)
+    assert boxes.shape == (7, 3)
+    assert boxes[1, 0] == pytest.approx(11) and boxes[4, 0] < 20      # interpolated; the lone outlier is filtered
+    assert smooth_boxes([None, None], 2) is None
+    # no face in a plain gradient: the crop falls back to the centre and keeps the shape
+    path = write_video(tmp_path / "noface.mp4", face_frames(12, 48, 80), 25, tone(0.5), 16000)
+    clip = decode_clip(path, frames=8, size=16, fps=25, face_crop=True)
+    plain = decode_clip(path, frames=8, size=16, fps=25)
+    assert clip.video.shape == (8, 16, 16, 3)
+    assert np.abs(clip.video.astype(int) - plain.video.astype(int)).mean() < 3

@@ -72,8 +72,10 @@ def test_smoke_chain_writes_metrics_history_predictions_and_figures(smoke_run):
     predictions = pd.read_csv(run / "predictions.csv")
     assert len(predictions) == sum(metrics["n"].values())
     assert predictions["p_fake"].between(0, 1).all()
-    for fig in ("confusion_matrix", "roc_curve", "training_curves"):
+    for fig in ("confusion_matrix", "roc_curve", "training_curves", "precision_recall", "per_category_auc",
+                "score_distributions", "reliability"):
         assert _is_png(run / "figures" / f"{fig}.png"), fig
+        assert len(pd.read_csv(run / "figures" / f"{fig}.csv")) > 0, fig     # the numbers behind it
     for name in NOTEBOOKS:
         executed = nbformat.read(run / "notebooks" / f"{name}.ipynb", as_version=4)
         assert any(c.get("outputs") for c in executed.cells if c.cell_type == "code")
