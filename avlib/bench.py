@@ -60,9 +60,6 @@ def seed_preprocess(paths: list[Path], out_dir: Path, frames: int = 128, size: i
 
 
 def bench_preprocess(clips: int, workers: int) -> dict:
-    import torch
-
-    from avlib.data import CachedClips, make_loader
     from avlib.indexers import index_dataset
     from avlib.preprocess import preprocess, settings
     from avlib.synthetic import CorpusSpec, generate_corpus
@@ -85,6 +82,10 @@ def bench_preprocess(clips: int, workers: int) -> dict:
         report = preprocess(records, tmp / "data", tmp / "cache", config, workers=workers, progress=False)
         ours_s = time.perf_counter() - start
         assert report["clips_cached"] == len(paths), report
+
+        import torch   # only now: with torch loaded, the decoding pool would use a fork server
+
+        from avlib.data import CachedClips, make_loader
 
         ds = CachedClips(tmp / "cache", "all")
         loader = make_loader(ds, batch_size=8, train=True, workers=workers)

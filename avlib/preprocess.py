@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing as mp
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -52,12 +53,17 @@ def shortcut_features(audio: np.ndarray, sample_rate: int) -> dict:
 
 
 def worker_context():
-    """The multiprocessing context for decoding workers: forkserver with avlib's decoding stack
-    preloaded. Plain fork hangs when the parent has already run OpenMP threads (torch in a
-    notebook kernel or a test session); spawn re-imports librosa, numba and PyAV in every
-    worker, seconds that dominate small corpora. The fork server starts clean, imports once,
-    and forks each worker from there."""
-    if "forkserver" not in mp.get_all_start_methods():
+    """The multiprocessing context for decoding workers.
+
+    fork when torch is not loaded in this process (the 01_preprocess kernel, the CLI): the
+    workers start at once with everything imported. Otherwise forkserver with the decoding
+    stack preloaded: plain fork hangs once a parent has run torch's OpenMP threads (seen in
+    a pytest session), and the fork server starts clean, imports once (about 2 s), and forks
+    each worker from there."""
+    methods = mp.get_all_start_methods()
+    if "fork" in methods and "torch" not in sys.modules:
+        return mp.get_context("fork")
+    if "forkserver" not in methods:
         return mp.get_context("spawn")
     context = mp.get_context("forkserver")
     context.set_forkserver_preload(["avlib.preprocess", "avlib.synthetic", "librosa", "cv2", "av"])

@@ -125,9 +125,10 @@ def generate_corpus(data_dir: str | Path, spec: CorpusSpec = CorpusSpec(), *, wo
         bar = tqdm(total=len(jobs), desc="synthetic clips", disable=not progress)
         from avlib.preprocess import worker_context
 
-        # Always in fresh worker processes, even for workers=1: a process that has run torch may
-        # have flushed denormals to zero (oneDNN sets that flag), and the IIR voice filters then
-        # give other bits. Clips must be byte-identical for a given seed.
+        # Always in worker processes, even for workers=1: a process that has run torch may have
+        # flushed denormals to zero (oneDNN sets that flag), and the IIR voice filters then give
+        # other bits. Clips must be byte-identical for a given seed; worker_context() gives a
+        # clean fork server whenever torch is loaded here.
         with ProcessPoolExecutor(max(1, workers), mp_context=worker_context()) as pool:
             for _ in pool.map(_write_clip_job, jobs, chunksize=4):
                 bar.update()
