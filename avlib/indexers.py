@@ -20,7 +20,7 @@ FAKEAVCELEB_CATEGORIES = {  # folder -> (short category, label, letter used in m
 }
 
 
-class IndexError_(ValueError):
+class DatasetIndexError(ValueError):
     """The data folder does not hold the dataset it was said to hold."""
 
 
@@ -28,16 +28,16 @@ def index_dataset(dataset: str, data_dir: str | Path) -> pd.DataFrame:
     """Index `data_dir` as `dataset` (fakeavceleb, synthetic, cremad, casualconv, folder)."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise IndexError_(f"parameter `data_dir`: {data_dir} is not a folder")
+        raise DatasetIndexError(f"parameter `data_dir`: {data_dir} is not a folder")
     indexers = {"fakeavceleb": index_fakeavceleb, "synthetic": index_fakeavceleb,
                 "cremad": index_cremad, "casualconv": index_casualconv, "folder": index_folder}
     if dataset not in indexers:
-        raise IndexError_(f"no indexer for dataset {dataset!r}; one of {', '.join(indexers)}")
+        raise DatasetIndexError(f"no indexer for dataset {dataset!r}; one of {', '.join(indexers)}")
     frame = indexers[dataset](data_dir)
     if dataset == "synthetic":
         frame["dataset"] = "synthetic"
     if frame.empty:
-        raise IndexError_(f"no {dataset} video files found under {data_dir}")
+        raise DatasetIndexError(f"no {dataset} video files found under {data_dir}")
     return frame
 
 
@@ -61,7 +61,7 @@ def fakeavceleb_root(data_dir: Path) -> Path:
     for cand in (data_dir, data_dir / "FakeAVCeleb_v1.2", data_dir / "FakeAVCeleb"):
         if any((cand / c).is_dir() for c in FAKEAVCELEB_CATEGORIES):
             return cand
-    raise IndexError_(f"{data_dir} holds none of the FakeAVCeleb folders {', '.join(FAKEAVCELEB_CATEGORIES)}")
+    raise DatasetIndexError(f"{data_dir} holds none of the FakeAVCeleb folders {', '.join(FAKEAVCELEB_CATEGORIES)}")
 
 
 def read_fakeavceleb_metadata(csv_path: Path) -> pd.DataFrame:
@@ -73,7 +73,7 @@ def read_fakeavceleb_metadata(csv_path: Path) -> pd.DataFrame:
     meta.columns = [c.strip() for c in meta.columns]
     unnamed = [c for c in meta.columns if c.startswith("Unnamed") or c == ""]
     if "path" not in meta or not unnamed:
-        raise IndexError_(f"{csv_path}: expected FakeAVCeleb's header 'source,...,path,' with a trailing "
+        raise DatasetIndexError(f"{csv_path}: expected FakeAVCeleb's header 'source,...,path,' with a trailing "
                           f"directory column; got {list(meta.columns)}")
     directory = meta[unnamed[0]].str.strip().str.replace("\\", "/", regex=False)
     directory = directory.str.replace(r"^(\./)?FakeAVCeleb(_v1\.2)?/", "", regex=True)
@@ -144,7 +144,7 @@ def index_folder(data_dir: Path) -> pd.DataFrame:
     """Any tree with real/ and fake/ sub-folders. Identity = the first folder below real/ or
     fake/ when clips are grouped that way, else the file name (each clip its own identity)."""
     if not (data_dir / "real").is_dir() and not (data_dir / "fake").is_dir():
-        raise IndexError_(f"{data_dir} has neither a real/ nor a fake/ sub-folder")
+        raise DatasetIndexError(f"{data_dir} has neither a real/ nor a fake/ sub-folder")
     records = []
     for label, sub in ((0, "real"), (1, "fake")):
         if not (data_dir / sub).is_dir():
