@@ -15,6 +15,7 @@ import pandas as pd
 from avlib import cache
 from avlib.decode import SAMPLE_RATE, decode_clip
 from avlib.features import compute_mfcc
+from avlib.paths import write_csv
 from avlib.splits import assign_splits, split_summary
 
 
@@ -97,6 +98,15 @@ def in_shard(cid: str, shard: int, num_shards: int) -> bool:
     return int(hashlib.sha1(cid.encode()).hexdigest()[:8], 16) % num_shards == shard
 
 
+def split_and_record(records: pd.DataFrame, cache_dir: Path, *, val_fraction: float, test_fraction: float,
+                     seed: int) -> pd.DataFrame:
+    """Assign identity-disjoint splits and clip ids, and save them in the cache as records.csv."""
+    records = assign_splits(records, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    records["clip_id"] = [cache.clip_id(p) for p in records["path"]]
+    write_csv(Path(cache_dir) / "records.csv", records)
+    return records
+
+
 def preprocess(records: pd.DataFrame, data_dir: str | Path, cache_dir: str | Path, config: dict, *,
                workers: int = 2, shard: int = 0, num_shards: int = 1, val_fraction: float = 0.15,
                test_fraction: float = 0.15, seed: int = 0, progress: bool = True) -> dict:
@@ -106,11 +116,7 @@ def preprocess(records: pd.DataFrame, data_dir: str | Path, cache_dir: str | Pat
 
     t_start = time.perf_counter()
     cache_dir = cache.open_cache(cache_dir, config)
-    records = assign_splits(records, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
-    records["clip_id"] = [cache.clip_id(p) for p in records["path"]]
-    from avlib.paths import write_csv
-
-    write_csv(cache_dir / "records.csv", records)
+    records = split_and_record(records, cache_dir, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
     data_dir = Path(data_dir)
     worker_config = {**config, "threads": 1}    # one decoding thread per clip: parallelism comes from the workers
     tasks = [(str(data_dir / r.path), r.path, r.clip_id, worker_config, str(cache_dir))
@@ -164,11 +170,7 @@ def write_dummy_cache(cache_dir: str | Path, config: dict, *, n: int = 48, seed:
                                  dataset="dummy", category="RVRA", method="dummy", identity=f"id{i // 2:05d}",
                                  race="", gender="", age="", skin_type="") for i in range(n)])
     records["category"] = [cats[0] if lab == 0 else cats[1 + i % 3] for i, lab in enumerate(records["label"])]
-    records = assign_splits(records, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
-    records["clip_id"] = [cache.clip_id(p) for p in records["path"]]
-    from avlib.paths import write_csv
-
-    write_csv(cache_dir / "records.csv", records)
+    records = split_and_record(records, cache_dir, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
     shape = (3, config["frames"], config["size"], config["size"])
     for cid in records["clip_id"]:
         if not cache.is_cached(cache_dir, cid):
