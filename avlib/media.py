@@ -36,7 +36,10 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray] | None, fps: floa
             vs.width, vs.height, vs.pix_fmt = w - w % 2, h - h % 2, pix_fmt
             vs.codec_context.thread_count = 1    # threaded encoders do not give the same bytes twice
             if vcodec == "libx264":
-                vs.options = {"crf": str(crf), "preset": "veryfast"}
+                # mbtree off: x264's macroblock-tree rate control gave different bytes for the
+                # same frames from one call to the next inside a long-lived worker process
+                # (seen 1 call in 3 under a fork server); without it every call matched.
+                vs.options = {"crf": str(crf), "preset": "veryfast", "x264-params": "mbtree=0"}
             if timestamps is not None:
                 vs.codec_context.time_base = Fraction(1, 1000)
         if audio is not None:

@@ -20,14 +20,18 @@ def test_corpus_has_fakeavcelebs_layout_and_quirks(tmp_path):
 
 def test_same_seed_same_bytes_and_a_killed_run_is_completed(tmp_path):
     a = generate_corpus(tmp_path / "a", SPEC, workers=1, progress=False)
+    b = generate_corpus(tmp_path / "b", SPEC, workers=2, progress=False)    # other clip-to-worker order
     files = sorted(p.relative_to(a) for p in a.rglob("*.mp4"))
-    victim = a / files[4]
-    original = victim.read_bytes()
-    victim.unlink()
-    (victim.parent / f".{victim.stem}.tmp.mp4").write_bytes(b"half")     # what a kill mid-write leaves
-    generate_corpus(tmp_path / "a", SPEC, workers=1, progress=False)
-    assert victim.read_bytes() == original
-    assert sorted(p.relative_to(a) for p in a.rglob("*.mp4")) == files   # completed, nothing duplicated
+    assert sorted(p.relative_to(b) for p in b.rglob("*.mp4")) == files
+    assert [(a / f).read_bytes() for f in files] == [(b / f).read_bytes() for f in files]
+    victims = [a / files[i] for i in (1, 4, 9, 13)]
+    originals = [v.read_bytes() for v in victims]
+    for v in victims:
+        v.unlink()
+    (victims[0].parent / f".{victims[0].stem}.tmp.mp4").write_bytes(b"half")   # what a kill mid-write leaves
+    generate_corpus(tmp_path / "a", SPEC, workers=1, progress=False)        # each victim first in its worker
+    assert [v.read_bytes() for v in victims] == originals
+    assert sorted(p.relative_to(a) for p in a.rglob("*.mp4")) == files      # completed, nothing duplicated
 
 
 @pytest.mark.parametrize("spec,match", [(CorpusSpec(identities=0), "identities"),
