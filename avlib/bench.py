@@ -1,7 +1,7 @@
 """Benchmarks that print figures (not timed tests):
 
     python -m avlib.bench preprocess [--clips 120] [--workers 2]
-    python -m avlib.bench train [--frames 16] [--size 64] [--batch 8] [--steps 6]
+    python -m avlib.bench train [--frames 16] [--size 64] [--batch 8] [--steps 2] [--repeats 3] [--compile]
 
 preprocess: the same clips processed two ways in one run. The seed's way: OpenCV frame reads
 resized to 112x112, audio extracted to WAV by an ffmpeg process and loaded by librosa (22.05 kHz),
@@ -11,8 +11,9 @@ talking faces of 224x224 at 25 fps, 6 s long, encoded H.264/AAC.
 
 train: the seed's loop (fp32, default memory format, float32 video from the loader) and ours
 (bf16 autocast for the video encoder, channels_last_3d, uint8 video converted on the device)
-at the same reduced configuration in one process: training and inference clips/s and their
-ratio, then the largest |P(fake)| difference between bf16 and fp32 inference on the same clips
+at the same reduced configuration in one process, same initial weights, timed in interleaved
+rounds: training and inference clips/s (medians) and their ratio (--compile adds our loop under
+torch.compile, with its compile time), then the largest |P(fake)| difference between bf16 and fp32 inference on the same clips
 and the AUC of each (on the clips of --cache with the weights of --checkpoint when given).
 """
 from __future__ import annotations
@@ -110,19 +111,32 @@ def bench_preprocess(clips: int, workers: int) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _time_steps(step, steps: int) -> float:
-    step()                                    # warm-up (allocations, oneDNN kernel selection)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - start) / steps
+def _median(values: list[float]) -> float:
+    return float(np.median(values))
 
 
-def bench_train(frames: int, size: int, batch: int, steps: int, checkpoint: str | None, cache_dir: str | None) -> dict:
+def bench_train(frames: int, size: int, batch: int, steps: int, repeats: int = 3, compile: bool = False,
+                checkpoint: str | None = None, cache_dir: str | None = None, log=print, *,
+                seed_only: bool = False) -> dict:
+    """Seed's loop against ours, same weights and batches, timed in interleaved rounds.
+
+    Each round times `steps` training steps of the seed, then of ours, then `steps` inference
+    batches of each; figures are medians over `repeats` rounds (a 2-core VM's speed drifts
+    by 30 % from minute to minute, and interleaving spreads the drift over both loops).
+    Inference in "ours" is what 04_evaluate and avlib.predict run: `inference_model` (BatchNorm
+    folded, channels_last_3d, bf16 weights) under bf16 autocast.
+
+    Both loops run under avlib's allocator settings (`tune_allocator`), so the ratio is one of
+    compute. seed_only=True times the seed's loop alone with glibc's defaults, as the seed's
+    notebook runs (`seed_loop_alone` runs it in a fresh process)."""
     import torch
 
-    from avlib.model import build_model, video_to_model_input
-    from avlib.train import safe_auc
+    from avlib.runtime import tune_allocator
+
+    if not seed_only:
+        tune_allocator()
+
+    from avlib.model import build_model, inference_model, video_to_model_input
 
     torch.manual_seed(0)
     cpu = torch.device("cpu")
@@ -130,36 +144,110 @@ def bench_train(frames: int, size: int, batch: int, steps: int, checkpoint: str 
     video_f32 = video_u8.float() / 255.0                      # what the seed's loader yields
     audio = torch.randn(batch, 200, 40)
     labels = torch.randint(0, 2, (batch,))
-    out = {"frames": frames, "size": size, "batch": batch}
-    for name, amp, channels_last in (("seed", False, False), ("ours", True, True)):
-        model = build_model()
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last_3d)
-        optimizer = torch.optim.Adam(model.parameters(), 1e-4)
+    seed_model = build_model()
+    ours_model = build_model()
+    ours_model.load_state_dict(seed_model.state_dict())
+    ours_model.to(memory_format=torch.channels_last_3d)
+    optimizers = {"seed": torch.optim.Adam(seed_model.parameters(), 1e-4),
+                  "ours": torch.optim.Adam(ours_model.parameters(), 1e-4)}
+    nets = {"seed": seed_model} if seed_only else {"seed": seed_model, "ours": ours_model}
 
-        def train_step():
-            video = video_to_model_input(video_u8, cpu, channels_last=True) if channels_last else video_f32
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-                logits = model(video, audio)
-            loss = torch.nn.functional.cross_entropy(logits.float(), labels)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+    def train_step(name: str) -> None:
+        net = nets[name]
+        net.train()
+        if name == "seed":
+            video, amp = video_f32, False
+        else:
+            video, amp = video_to_model_input(video_u8, cpu, channels_last=True), True
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            logits = net(video, audio)
+        loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+        optimizers[name].zero_grad()
+        loss.backward()
+        optimizers[name].step()
 
-        @torch.no_grad()
-        def infer_step():
-            video = video_to_model_input(video_u8, cpu, channels_last=True) if channels_last else video_f32
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-                model(video, audio)
+    out = {"frames": frames, "size": size, "batch": batch, "steps": steps, "repeats": repeats}
+    if compile and not seed_only:
+        nets["ours_compiled"] = torch.compile(ours_model)
+        optimizers["ours_compiled"] = optimizers["ours"]
+        start = time.perf_counter()
+        train_step("ours_compiled")
+        out["compile_train_seconds"] = time.perf_counter() - start
+    names = list(nets)
+    for name in names:
+        train_step(name)                                    # warm-up: allocations, oneDNN kernel choice
+    rounds = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names:
+            start = time.perf_counter()
+            for _ in range(steps):
+                train_step(name)
+            rounds[name].append(batch * steps / (time.perf_counter() - start))
+        log(f"  train round {r + 1}/{repeats}: " + ", ".join(f"{n} {v[-1]:.2f}" for n, v in rounds.items()) + " clips/s")
+    for name in names:
+        out[f"{name}_train_clips_per_s"] = _median(rounds[name])
+        out[f"{name}_train_rounds"] = rounds[name]
 
-        model.train()
-        out[f"{name}_train_clips_per_s"] = batch / _time_steps(train_step, steps)
-        model.eval()
-        out[f"{name}_infer_clips_per_s"] = batch / _time_steps(infer_step, steps)
-    out["train_speedup"] = out["ours_train_clips_per_s"] / out["seed_train_clips_per_s"]
-    out["infer_speedup"] = out["ours_infer_clips_per_s"] / out["seed_infer_clips_per_s"]
+    # Inference, after the same training steps (BatchNorm statistics as in a trained model)
+    seed_model.eval()
+    infer = {"seed": lambda: seed_model(video_f32, audio)}
+    if not seed_only:
+        fast = inference_model(ours_model, amp=True)
+        infer["ours"] = lambda: fast(video_to_model_input(video_u8, cpu, channels_last=True), audio)
+    if compile and not seed_only:
+        compiled = inference_model(ours_model, amp=True, compile=True)
+        infer["ours_compiled"] = lambda: compiled(video_to_model_input(video_u8, cpu, channels_last=True), audio)
+    rounds = {name: [] for name in infer}
+    with torch.no_grad():
+        for name, fn in infer.items():
+            start = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name != "seed"):
+                fn()
+            if name == "ours_compiled":
+                out["compile_infer_seconds"] = time.perf_counter() - start
+        for r in range(repeats):
+            for name, fn in infer.items():
+                start = time.perf_counter()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name != "seed"):
+                    for _ in range(steps):
+                        fn()
+                rounds[name].append(batch * steps / (time.perf_counter() - start))
+            log(f"  inference round {r + 1}/{repeats}: " + ", ".join(f"{n} {v[-1]:.2f}" for n, v in rounds.items())
+                + " clips/s")
+    for name in infer:
+        out[f"{name}_infer_clips_per_s"] = _median(rounds[name])
+        out[f"{name}_infer_rounds"] = rounds[name]
+    if seed_only:
+        return out
+    for name in names[1:]:
+        out[f"{name}_train_speedup"] = out[f"{name}_train_clips_per_s"] / out["seed_train_clips_per_s"]
+        out[f"{name}_infer_speedup"] = out[f"{name}_infer_clips_per_s"] / out["seed_infer_clips_per_s"]
+    out["train_speedup"], out["infer_speedup"] = out["ours_train_speedup"], out["ours_infer_speedup"]
+    out.update(bf16_agreement(batch, frames, size, checkpoint, cache_dir))
+    return out
 
-    # bf16 vs fp32 agreement on the same clips and weights
+
+def seed_loop_alone(frames: int, size: int, batch: int, steps: int, repeats: int) -> dict:
+    """The seed's loop timed in a fresh Python process with glibc's default allocator: how the
+    seed's notebook runs. Returns its train/infer clips/s (medians)."""
+    import json
+    import sys
+
+    cmd = [sys.executable, "-m", "avlib.bench", "seed-alone", "--frames", str(frames), "--size", str(size),
+           "--batch", str(batch), "--steps", str(steps), "--repeats", str(repeats)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bf16_agreement(batch: int, frames: int, size: int, checkpoint: str | None, cache_dir: str | None) -> dict:
+    """Largest |P(fake)| difference between fp32 inference of the plain model and bf16
+    inference of `inference_model(amp=True)`, and the AUC of each, on the same clips."""
+    import torch
+
+    from avlib.model import build_model, inference_model, video_to_model_input
+    from avlib.train import safe_auc
+
+    cpu = torch.device("cpu")
     if checkpoint and cache_dir:
         from avlib.data import CachedClips, make_loader
         from avlib.evaluate import load_detector
@@ -168,47 +256,70 @@ def bench_train(frames: int, size: int, batch: int, steps: int, checkpoint: str 
         loader = make_loader(CachedClips(cache_dir, "test"), batch_size=batch, train=False)
         source = f"{checkpoint} on the test split of {cache_dir}"
     else:
-        from avlib.data import RandomClips
         from torch.utils.data import DataLoader
+
+        from avlib.data import RandomClips
 
         model = build_model().eval()
         loader = DataLoader(RandomClips(64, frames, size), batch_size=batch)
         source = "untrained weights on random clips (pass --checkpoint and --cache for a trained model)"
-    probs = {False: [], True: []}
-    labels_all = []
+    fast = inference_model(model, amp=True)
+    p32, p16, ys = [], [], []
     with torch.no_grad():
         for video, mfcc, y in loader:
-            labels_all.append(y)
-            for amp in (False, True):
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-                    logits = model(video_to_model_input(video, cpu), mfcc).float()
-                probs[amp].append(torch.softmax(logits, 1)[:, 1])
-    p32, p16, y = torch.cat(probs[False]), torch.cat(probs[True]), torch.cat(labels_all).numpy()
-    out.update({"agreement_source": source, "max_abs_prob_diff": float((p32 - p16).abs().max()),
-                "auc_fp32": safe_auc(y, p32.numpy()), "auc_bf16": safe_auc(y, p16.numpy())})
-    return out
+            ys.append(y)
+            p32.append(torch.softmax(model(video_to_model_input(video, cpu, channels_last=False), mfcc).float(), 1)[:, 1])
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                p16.append(torch.softmax(fast(video_to_model_input(video, cpu), mfcc).float(), 1)[:, 1])
+    p32, p16, y = torch.cat(p32), torch.cat(p16), torch.cat(ys).numpy()
+    return {"agreement_source": source, "max_abs_prob_diff": float((p32 - p16).abs().max()),
+            "auc_fp32": safe_auc(y, p32.numpy()), "auc_bf16": safe_auc(y, p16.numpy())}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["preprocess", "train"])
+    parser.add_argument("what", choices=["preprocess", "train", "seed-alone"])
     parser.add_argument("--clips", type=int, default=120)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=2, help="steps (batches) per timed round")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds; figures are medians")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile (train and inference)")
     parser.add_argument("--checkpoint", help="a trained best.pt, for the bf16/fp32 agreement")
     parser.add_argument("--cache", help="the cache that checkpoint was trained on")
     args = parser.parse_args(argv)
+    if args.what == "seed-alone":                 # used by seed_loop_alone: one JSON line on stdout
+        import json
+
+        r = bench_train(args.frames, args.size, args.batch, args.steps, args.repeats, seed_only=True,
+                        log=lambda *a: None)
+        print(json.dumps({k: r[k] for k in ("seed_train_clips_per_s", "seed_infer_clips_per_s")}))
+        return 0
     if args.what == "train":
-        r = bench_train(args.frames, args.size, args.batch, args.steps, args.checkpoint, args.cache)
-        print(f"\ntraining loop at {r['frames']}x{r['size']}x{r['size']}, batch {r['batch']}, CPU")
-        print(f"  seed's loop (fp32, contiguous, float32 loader): train {r['seed_train_clips_per_s']:6.2f} clips/s   "
-              f"infer {r['seed_infer_clips_per_s']:6.2f} clips/s")
-        print(f"  ours (bf16 autocast, channels_last_3d, uint8):   train {r['ours_train_clips_per_s']:6.2f} clips/s   "
-              f"infer {r['ours_infer_clips_per_s']:6.2f} clips/s")
+        import torch
+
+        print(f"training loop at {args.frames}x{args.size}x{args.size}, batch {args.batch}, "
+              f"{torch.get_num_threads()} CPU threads; {args.repeats} interleaved rounds of {args.steps} steps")
+        r = bench_train(args.frames, args.size, args.batch, args.steps, args.repeats, args.compile,
+                        args.checkpoint, args.cache)
+        print("\nmedians (clips/s), both loops in this process under avlib's allocator settings:")
+        print(f"  seed's loop (fp32, contiguous, float32 loader): train {r['seed_train_clips_per_s']:6.2f}   "
+              f"infer {r['seed_infer_clips_per_s']:6.2f}")
+        print(f"  ours (bf16 autocast, channels_last_3d, uint8; BN folded for inference): "
+              f"train {r['ours_train_clips_per_s']:6.2f}   infer {r['ours_infer_clips_per_s']:6.2f}")
         print(f"  speed-up: train {r['train_speedup']:.2f}x, inference {r['infer_speedup']:.2f}x")
+        if args.compile:
+            print(f"  ours + torch.compile: train {r['ours_compiled_train_clips_per_s']:6.2f} "
+                  f"({r['ours_compiled_train_speedup']:.2f}x; compiling took {r['compile_train_seconds']:.0f} s)   "
+                  f"infer {r['ours_compiled_infer_clips_per_s']:6.2f} ({r['ours_compiled_infer_speedup']:.2f}x; "
+                  f"compiling took {r['compile_infer_seconds']:.0f} s)")
+        alone = seed_loop_alone(args.frames, args.size, args.batch, args.steps, args.repeats)
+        print(f"  seed's loop alone in a fresh process, glibc's default malloc (as the seed's notebook runs): "
+              f"train {alone['seed_train_clips_per_s']:6.2f}   infer {alone['seed_infer_clips_per_s']:6.2f}  -> ours is "
+              f"{r['ours_train_clips_per_s'] / alone['seed_train_clips_per_s']:.2f}x / "
+              f"{r['ours_infer_clips_per_s'] / alone['seed_infer_clips_per_s']:.2f}x that")
         print(f"  bf16 vs fp32 ({r['agreement_source']}): largest |P(fake)| difference {r['max_abs_prob_diff']:.4f}, "
               f"AUC fp32 {r['auc_fp32']:.4f}, bf16 {r['auc_bf16']:.4f}")
         return 0

@@ -34,7 +34,8 @@ def load_detector(checkpoint: str | Path, device="cpu"):
 
 def score_split(model, cache_dir: Path, split: str, *, batch_size: int, device, workers: int, amp: bool,
                 progress: bool):
-    """(dataset, predict() output or None when the split is empty)."""
+    """(dataset, predict() output or None when the split is empty). `model` is best an
+    `inference_model` copy made with the same `amp`."""
     from avlib.data import CachedClips, make_loader
     from avlib.train import predict
 
@@ -46,14 +47,17 @@ def score_split(model, cache_dir: Path, split: str, *, batch_size: int, device, 
 
 
 def evaluate_run(checkpoint: Path, cache_dir: Path, run: Path, *, split: str = "test", batch_size: int = 8,
-                 device: str = "auto", workers: int = 2, amp: bool = False, progress: bool = True) -> dict:
+                 device: str = "auto", workers: int = 2, amp: bool = False, compile: bool = False,
+                 progress: bool = True) -> dict:
     """predictions.csv for `split` and the metrics dict (threshold from val)."""
     from avlib.audit import shortcut_baseline
     from avlib.cache import read_index
     from avlib.metrics import choose_threshold, evaluation_report
+    from avlib.model import inference_model
 
     model, state = load_detector(checkpoint, device)
     dev = next(model.parameters()).device
+    model = inference_model(model, amp=amp, compile=compile)
     _, val_out = score_split(model, cache_dir, "val", batch_size=batch_size, device=dev, workers=workers, amp=amp,
                              progress=progress)
     threshold = choose_threshold(val_out["labels"], val_out["probs"]) if val_out is not None else 0.5
@@ -78,12 +82,14 @@ def evaluate_run(checkpoint: Path, cache_dir: Path, run: Path, *, split: str = "
 
 
 def generalization_report(checkpoint: Path, cache_dir: Path, run: Path, *, threshold: float, batch_size: int = 8,
-                          device: str = "auto", workers: int = 2, amp: bool = False, progress: bool = True) -> dict:
+                          device: str = "auto", workers: int = 2, amp: bool = False, compile: bool = False,
+                          progress: bool = True) -> dict:
     """False-positive rate at `threshold` on every clip of a real-only cache (CREMA-D, Casual
     Conversations, any folder of real videos), overall and per gender, age and skin type when
     annotated. Writes generalization_predictions.csv. Raises ValueError when the cache holds
     fakes or was made with other shapes than the model was trained on."""
     from avlib.cache import read_manifest
+    from avlib.model import inference_model
 
     model, state = load_detector(checkpoint, device)
     trained_on = state.get("preprocess") or {}
@@ -93,6 +99,7 @@ def generalization_report(checkpoint: Path, cache_dir: Path, run: Path, *, thres
         raise ValueError(f"{cache_dir} was made with other {', '.join(differ)} than the model was trained on "
                          f"({', '.join(f'{k}={trained_on[k]}' for k in differ)}); rerun 01_preprocess with those")
     dev = next(model.parameters()).device
+    model = inference_model(model, amp=amp, compile=compile)
     ds, out = score_split(model, cache_dir, "all", batch_size=batch_size, device=dev, workers=workers, amp=amp,
                           progress=progress)
     if out is None:

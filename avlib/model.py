@@ -137,3 +137,33 @@ def video_to_model_input(video: torch.Tensor, device: torch.device, *, channels_
     if video.dtype == torch.uint8:
         video = video.float().div_(255.0)
     return video
+
+
+def inference_model(model: DeepfakeDetector, *, amp: bool = False, channels_last: bool = True,
+                    compile: bool = False) -> nn.Module:
+    """A copy of `model` for scoring only (the original, and what checkpoints hold, is untouched).
+
+    - eval mode, with every BatchNorm of the R(2+1)D trunk folded into the convolution before
+      it (torch.fx `fuse`): the same function, minus one pass over every activation map;
+      about 12 % of inference time on the CPU;
+    - channels_last_3d memory format (what oneDNN's and cuDNN's 3-D kernels prefer);
+    - with `amp`, the trunk's weights stored in bf16 once, instead of autocast casting 31 M
+      fp32 weights on every call (call it under the same bf16 autocast as before);
+    - with `compile`, torch.compile (Inductor, with weight freezing): the first call compiles
+      (about 20 s for the forward pass on a 2-core CPU), later calls with the same shapes reuse it.
+    Training never uses this copy: folded BatchNorm cannot learn."""
+    import copy
+
+    from torch.fx.experimental.optimization import fuse
+
+    fast = copy.deepcopy(model).eval()
+    fast.video_encoder.model = fuse(fast.video_encoder.model)
+    if channels_last:
+        fast = fast.to(memory_format=torch.channels_last_3d)
+    if amp:
+        fast.video_encoder.to(torch.bfloat16)
+    for p in fast.parameters():
+        p.requires_grad_(False)
+    if compile:
+        fast = torch.compile(fast, options={"freezing": True})
+    return fast

@@ -82,6 +82,7 @@ RULES = {
     "deterministic": _bool,
     "amp": _bool,
     "channels_last": _bool,
+    "compile": _bool,
     "keep_last": lambda n, v: _int(n, v, 0),
     "balance": _choice(BALANCE),
     "select_metric": _choice(SELECT_METRICS),

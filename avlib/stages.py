@@ -123,7 +123,7 @@ def model_from_run(results_dir: str, run_name: str):
 
 def train_stage(*, run_name: str, results_dir: str, cache_dir: str = "", epochs: int, batch_size: int, lr: float,
                 seed: int = 0, device: str = "auto", workers: int = 2, amp: bool = False, channels_last: bool = True,
-                balance: str = "none", select_metric: str = "val_accuracy", keep_last: int = 2,
+                compile: bool = False, balance: str = "none", select_metric: str = "val_accuracy", keep_last: int = 2,
                 resume: bool = True, deterministic: bool = False, progress: bool = True, log=print) -> pd.DataFrame:
     """Train the run's model on the cache's train split, validating on its val split."""
     import os
@@ -132,8 +132,10 @@ def train_stage(*, run_name: str, results_dir: str, cache_dir: str = "", epochs:
 
     from avlib.data import CachedClips, make_loader, mfcc_statistics
     from avlib.params import pick_device
+    from avlib.runtime import tune_allocator
     from avlib.train import fit, set_seed
 
+    tune_allocator()
     cache = locate_cache(results_dir, run_name, cache_dir)
     set_seed(seed, deterministic)
     model, spec = model_from_run(results_dir, run_name)
@@ -154,7 +156,7 @@ def train_stage(*, run_name: str, results_dir: str, cache_dir: str = "", epochs:
     identity = {"model": {k: spec[k] for k in ("n_mfcc", "modality", "parameters")},
                 "cache": {**train_set.manifest, "cache_dir": portable(cache)}}
     return fit(model, train_loader, val_loader, run_dir=run_dir(results_dir, run_name), epochs=epochs, lr=lr,
-               device=dev, seed=seed, amp=amp, channels_last=channels_last, balance=balance,
+               device=dev, seed=seed, amp=amp, channels_last=channels_last, compile=compile, balance=balance,
                select_metric=select_metric, keep_last=keep_last, resume=resume, identity=identity,
                params=params, progress=progress, log=log)
 
@@ -163,23 +165,26 @@ def train_stage(*, run_name: str, results_dir: str, cache_dir: str = "", epochs:
 
 def evaluate_stage(*, run_name: str, results_dir: str, cache_dir: str = "", split: str = "test",
                    checkpoint: str = "best", batch_size: int = 8, device: str = "auto", workers: int = 2,
-                   amp: bool = False, generalization_cache_dir: str = "", progress: bool = True) -> dict:
+                   amp: bool = False, compile: bool = False, generalization_cache_dir: str = "",
+                   progress: bool = True) -> dict:
     """Score val (to choose the threshold) and `split` with the run's best (or last) weights;
     add the shortcut baseline, and the false-positive rate on a real-only corpus when
     `generalization_cache_dir` names one. Writes predictions.csv, metrics.json and a row of
     results/comparison.csv; returns the metrics."""
     from avlib import evaluate
+    from avlib.runtime import tune_allocator
 
+    tune_allocator()
     run = run_dir(results_dir, run_name)
     ckpt_path = _need(run / "checkpoints" / f"{checkpoint}.pt", f"checkpoints/{checkpoint}.pt", "03_train")
     cache = locate_cache(results_dir, run_name, cache_dir)
     metrics = evaluate.evaluate_run(ckpt_path, cache, run, split=split, batch_size=batch_size, device=device,
-                                    workers=workers, amp=amp, progress=progress)
+                                    workers=workers, amp=amp, compile=compile, progress=progress)
     metrics["run_name"] = run_name
     if generalization_cache_dir:
         metrics["generalization"] = evaluate.generalization_report(
             ckpt_path, resolve(generalization_cache_dir), run, threshold=metrics["threshold"], batch_size=batch_size,
-            device=device, workers=workers, amp=amp, progress=progress)
+            device=device, workers=workers, amp=amp, compile=compile, progress=progress)
     write_json(run / "metrics.json", metrics)
     evaluate.update_comparison(resolve(results_dir) / "comparison.csv", metrics)
     return metrics

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from avlib.checkpoint import CheckpointError
-from avlib.model import build_model, count_parameters, load_video_weights, video_to_model_input
+from avlib.model import build_model, count_parameters, inference_model, load_video_weights, video_to_model_input
 
 
 def test_default_model_has_the_seeds_exact_parameter_count():
@@ -80,3 +80,42 @@ def test_video_weights_file_that_is_not_a_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="junk.pth"):
         build_model(video_weights=tmp_path / "junk.pth")
+
+
+def _trained_tiny_model():
+    """A model whose BatchNorm statistics and MFCC normalisation are not the defaults."""
+    torch.manual_seed(0)
+    model = build_model()
+    model.audio_encoder.set_normalization(torch.randn(40), torch.rand(40) + 0.5)
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    video, audio, labels = torch.rand(4, 3, 4, 16, 16), torch.randn(4, 20, 40), torch.tensor([0, 1, 0, 1])
+    for _ in range(3):
+        loss = torch.nn.functional.cross_entropy(model(video, audio), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval(), video, audio
+
+
+@pytest.mark.parametrize("amp,tolerance", [(False, 1e-5), (True, 0.02)])
+def test_inference_copy_folds_batchnorm_and_scores_like_the_model(amp, tolerance):
+    model, video, audio = _trained_tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fast = inference_model(model, amp=amp)
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in fast.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm3d) for m in model.modules())      # the original keeps its BN
+    with torch.no_grad():
+        reference = torch.softmax(model(video, audio), 1)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            scored = torch.softmax(fast(video_to_model_input(video, torch.device("cpu")), audio).float(), 1)
+    assert (scored - reference).abs().max() < tolerance
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_compiled_inference_copy_scores_like_the_model():
+    model, video, audio = _trained_tiny_model()
+    compiled = inference_model(model, compile=True)
+    with torch.no_grad():
+        reference = torch.softmax(model(video, audio), 1)
+        scored = torch.softmax(compiled(video, audio), 1)
+    assert (scored - reference).abs().max() < 1e-4
