@@ -13,8 +13,10 @@ train: the seed's loop (fp32, default memory format, float32 video from the load
 (bf16 autocast for the video encoder, channels_last_3d, uint8 video converted on the device)
 at the same reduced configuration in one process, same initial weights, timed in interleaved
 rounds: training and inference clips/s (medians) and their ratio (--compile adds our loop under
-torch.compile, with its compile time), then the largest |P(fake)| difference between bf16 and fp32 inference on the same clips
-and the AUC of each (on the clips of --cache with the weights of --checkpoint when given).
+torch.compile, with its compile time); the seed's loop alone in a fresh process with glibc's
+default malloc (how the seed's notebook runs); then the largest |P(fake)| difference between
+bf16 and fp32 inference on the same clips and the AUC of each (on the clips of --cache with the
+weights of --checkpoint when given).
 """
 from __future__ import annotations
 
