@@ -113,8 +113,21 @@ def bench_preprocess(clips: int, workers: int) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _median(values: list[float]) -> float:
-    return float(np.median(values))
+def _timed_rounds(steps_of: dict, clips_per_call: int, calls: int, repeats: int, log, what: str) -> dict:
+    """{name: [clips/s per round]}: each round calls every function `calls` times in turn, so
+    a 2-core VM's drift (30 % from minute to minute) is spread over all of them. One untimed
+    warm-up call each first (allocations, oneDNN kernel choice)."""
+    for step in steps_of.values():
+        step()
+    rounds = {name: [] for name in steps_of}
+    for r in range(repeats):
+        for name, step in steps_of.items():
+            start = time.perf_counter()
+            for _ in range(calls):
+                step()
+            rounds[name].append(clips_per_call * calls / (time.perf_counter() - start))
+        log(f"  {what} round {r + 1}/{repeats}: " + ", ".join(f"{n} {v[-1]:.2f}" for n, v in rounds.items()) + " clips/s")
+    return rounds
 
 
 def bench_train(frames: int, size: int, batch: int, steps: int, repeats: int = 3, compile: bool = False,
@@ -147,12 +160,12 @@ def bench_train(frames: int, size: int, batch: int, steps: int, repeats: int = 3
     audio = torch.randn(batch, 200, 40)
     labels = torch.randint(0, 2, (batch,))
     seed_model = build_model()
-    ours_model = build_model()
-    ours_model.load_state_dict(seed_model.state_dict())
-    ours_model.to(memory_format=torch.channels_last_3d)
-    optimizers = {"seed": torch.optim.Adam(seed_model.parameters(), 1e-4),
-                  "ours": torch.optim.Adam(ours_model.parameters(), 1e-4)}
-    nets = {"seed": seed_model} if seed_only else {"seed": seed_model, "ours": ours_model}
+    nets = {"seed": seed_model}
+    if not seed_only:
+        nets["ours"] = build_model()
+        nets["ours"].load_state_dict(seed_model.state_dict())
+        nets["ours"].to(memory_format=torch.channels_last_3d)
+    optimizers = {name: torch.optim.Adam(net.parameters(), 1e-4) for name, net in nets.items()}
 
     def train_step(name: str) -> None:
         net = nets[name]
@@ -170,58 +183,42 @@ def bench_train(frames: int, size: int, batch: int, steps: int, repeats: int = 3
 
     out = {"frames": frames, "size": size, "batch": batch, "steps": steps, "repeats": repeats}
     if compile and not seed_only:
-        nets["ours_compiled"] = torch.compile(ours_model)
+        nets["ours_compiled"] = torch.compile(nets["ours"])
         optimizers["ours_compiled"] = optimizers["ours"]
         start = time.perf_counter()
         train_step("ours_compiled")
         out["compile_train_seconds"] = time.perf_counter() - start
-    names = list(nets)
-    for name in names:
-        train_step(name)                                    # warm-up: allocations, oneDNN kernel choice
-    rounds = {name: [] for name in names}
-    for r in range(repeats):
-        for name in names:
-            start = time.perf_counter()
-            for _ in range(steps):
-                train_step(name)
-            rounds[name].append(batch * steps / (time.perf_counter() - start))
-        log(f"  train round {r + 1}/{repeats}: " + ", ".join(f"{n} {v[-1]:.2f}" for n, v in rounds.items()) + " clips/s")
-    for name in names:
-        out[f"{name}_train_clips_per_s"] = _median(rounds[name])
-        out[f"{name}_train_rounds"] = rounds[name]
+    rounds = _timed_rounds({name: (lambda n=name: train_step(n)) for name in nets}, batch, steps, repeats, log, "train")
+    for name, values in rounds.items():
+        out[f"{name}_train_clips_per_s"], out[f"{name}_train_rounds"] = float(np.median(values)), values
 
     # Inference, after the same training steps (BatchNorm statistics as in a trained model)
     seed_model.eval()
-    infer = {"seed": lambda: seed_model(video_f32, audio)}
+
+    @torch.no_grad()
+    def infer(model, amp: bool) -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            if amp:
+                model(video_to_model_input(video_u8, cpu, channels_last=True), audio)
+            else:
+                model(video_f32, audio)
+
+    scorers = {"seed": lambda: infer(seed_model, False)}
     if not seed_only:
-        fast = inference_model(ours_model, amp=True)
-        infer["ours"] = lambda: fast(video_to_model_input(video_u8, cpu, channels_last=True), audio)
+        fast = inference_model(nets["ours"], amp=True)
+        scorers["ours"] = lambda: infer(fast, True)
     if compile and not seed_only:
-        compiled = inference_model(ours_model, amp=True, compile=True)
-        infer["ours_compiled"] = lambda: compiled(video_to_model_input(video_u8, cpu, channels_last=True), audio)
-    rounds = {name: [] for name in infer}
-    with torch.no_grad():
-        for name, fn in infer.items():
-            start = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name != "seed"):
-                fn()
-            if name == "ours_compiled":
-                out["compile_infer_seconds"] = time.perf_counter() - start
-        for r in range(repeats):
-            for name, fn in infer.items():
-                start = time.perf_counter()
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name != "seed"):
-                    for _ in range(steps):
-                        fn()
-                rounds[name].append(batch * steps / (time.perf_counter() - start))
-            log(f"  inference round {r + 1}/{repeats}: " + ", ".join(f"{n} {v[-1]:.2f}" for n, v in rounds.items())
-                + " clips/s")
-    for name in infer:
-        out[f"{name}_infer_clips_per_s"] = _median(rounds[name])
-        out[f"{name}_infer_rounds"] = rounds[name]
+        compiled = inference_model(nets["ours"], amp=True, compile=True)
+        start = time.perf_counter()
+        infer(compiled, True)
+        out["compile_infer_seconds"] = time.perf_counter() - start
+        scorers["ours_compiled"] = lambda: infer(compiled, True)
+    rounds = _timed_rounds(scorers, batch, steps, repeats, log, "inference")
+    for name, values in rounds.items():
+        out[f"{name}_infer_clips_per_s"], out[f"{name}_infer_rounds"] = float(np.median(values)), values
     if seed_only:
         return out
-    for name in names[1:]:
+    for name in list(nets)[1:]:
         out[f"{name}_train_speedup"] = out[f"{name}_train_clips_per_s"] / out["seed_train_clips_per_s"]
         out[f"{name}_infer_speedup"] = out[f"{name}_infer_clips_per_s"] / out["seed_infer_clips_per_s"]
     out["train_speedup"], out["infer_speedup"] = out["ours_train_speedup"], out["ours_infer_speedup"]

@@ -220,7 +220,7 @@ def fit(model: nn.Module, train_loader, val_loader, *, run_dir: str | Path, epoc
     `identity` (plain data: model config, cache settings) must match to resume; `params` is
     stored in each checkpoint as the parameters it was trained with. `compile` trains through
     torch.compile (the first step compiles: about a minute on a 2-core CPU; on that CPU it
-    was 5 % slower than eager, on GPUs it usually pays); checkpoints hold the plain model."""
+    was 7 % slower than eager, on GPUs it usually pays); checkpoints hold the plain model."""
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
