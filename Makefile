@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PARAMS ?= params/demo.yaml
 
-.PHONY: setup demo smoke test lab bench clean-results
+.PHONY: setup demo smoke test lab bench gpu-check clean-results
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -33,3 +33,11 @@ lab: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m avlib.bench preprocess
 	$(PY) -m avlib.bench train
+
+# On a CUDA machine whose python has avlib's dependencies (no .venv needed): the CUDA tests, then
+# full-size (128x112x112) training and inference figures, then the real loader + fit path.
+GPU_PY ?= $(PYTHON)
+gpu-check:
+	$(GPU_PY) -m pytest -q tests/test_cuda.py tests/test_model.py -k "cuda or float64"
+	$(GPU_PY) -m avlib.bench train --device cuda --frames 128 --size 112 --batch 4 --steps 5 --repeats 3
+	$(GPU_PY) -m avlib.bench fit --device cuda --frames 128 --size 112 --batch 4 --clips 160 --workers 8

@@ -2,6 +2,8 @@
 
     python -m avlib.bench preprocess [--clips 120] [--workers 2]
     python -m avlib.bench train [--frames 16] [--size 64] [--batch 8] [--steps 2] [--repeats 3] [--compile]
+                                [--device cpu|cuda]
+    python -m avlib.bench fit --device cuda --frames 128 --size 112 --batch 8 --clips 160 --workers 8
 
 preprocess: the same clips processed two ways in one run. The seed's way: OpenCV frame reads
 resized to 112x112, audio extracted to WAV by an ffmpeg process and loaded by librosa (22.05 kHz),
@@ -16,7 +18,12 @@ rounds: training and inference clips/s (medians) and their ratio (--compile adds
 torch.compile, with its compile time); the seed's loop alone in a fresh process with glibc's
 default malloc (how the seed's notebook runs); then the largest |P(fake)| difference between
 bf16 and fp32 inference on the same clips and the AUC of each (on the clips of --cache with the
-weights of --checkpoint when given).
+weights of --checkpoint when given). On CUDA the seed's loop alone is skipped (glibc's allocator
+does not hold GPU memory).
+
+fit: the real 03_train path end to end (cache -> make_loader -> fit, bf16, channels_last_3d) on
+random clips at the given size: the loader's clips/s from a warm cache, then the last epoch's
+training clips/s. Run it at full size on a GPU to see whether the loader keeps the card fed.
 """
 from __future__ import annotations
 
@@ -113,18 +120,22 @@ def bench_preprocess(clips: int, workers: int) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _timed_rounds(steps_of: dict, clips_per_call: int, calls: int, repeats: int, log, what: str) -> dict:
+def _timed_rounds(steps_of: dict, clips_per_call: int, calls: int, repeats: int, log, what: str,
+                  sync=lambda: None) -> dict:
     """{name: [clips/s per round]}: each round calls every function `calls` times in turn, so
     a 2-core VM's drift (30 % from minute to minute) is spread over all of them. One untimed
-    warm-up call each first (allocations, oneDNN kernel choice)."""
+    warm-up call each first (allocations, oneDNN/cuDNN kernel choice). `sync` waits for queued
+    device work (CUDA runs asynchronously) before the clock is read."""
     for step in steps_of.values():
         step()
+    sync()
     rounds = {name: [] for name in steps_of}
     for r in range(repeats):
         for name, step in steps_of.items():
             start = time.perf_counter()
             for _ in range(calls):
                 step()
+            sync()
             rounds[name].append(clips_per_call * calls / (time.perf_counter() - start))
         log(f"  {what} round {r + 1}/{repeats}: " + ", ".join(f"{n} {v[-1]:.2f}" for n, v in rounds.items()) + " clips/s")
     return rounds
@@ -132,7 +143,7 @@ def _timed_rounds(steps_of: dict, clips_per_call: int, calls: int, repeats: int,
 
 def bench_train(frames: int, size: int, batch: int, steps: int, repeats: int = 3, compile: bool = False,
                 checkpoint: str | None = None, cache_dir: str | None = None, log=print, *,
-                seed_only: bool = False) -> dict:
+                seed_only: bool = False, device: str = "cpu") -> dict:
     """Seed's loop against ours, same weights and batches, timed in interleaved rounds.
 
     Each round times `steps` training steps of the seed, then of ours, then `steps` inference
@@ -143,7 +154,11 @@ def bench_train(frames: int, size: int, batch: int, steps: int, repeats: int = 3
 
     Both loops run under avlib's allocator settings (`tune_allocator`), so the ratio is one of
     compute. seed_only=True times the seed's loop alone with glibc's defaults, as the seed's
-    notebook runs (`seed_loop_alone` runs it in a fresh process)."""
+    notebook runs (`seed_loop_alone` runs it in a fresh process).
+
+    On a CUDA `device` the batches start on the host, as a loader yields them: the seed's as
+    float32 in pageable memory, ours as uint8 in pinned memory (make_loader pins for CUDA);
+    ours runs with cuDNN's autotuner on (what `fit` sets on CUDA), the seed's with the default."""
     import torch
 
     from avlib.runtime import tune_allocator
@@ -154,41 +169,55 @@ def bench_train(frames: int, size: int, batch: int, steps: int, repeats: int = 3
     from avlib.model import build_model, inference_model, video_to_model_input
 
     torch.manual_seed(0)
-    cpu = torch.device("cpu")
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     video_u8 = torch.randint(0, 256, (batch, 3, frames, size, size), dtype=torch.uint8)
     video_f32 = video_u8.float() / 255.0                      # what the seed's loader yields
+    if cuda:
+        video_u8 = video_u8.pin_memory()
     audio = torch.randn(batch, 200, 40)
     labels = torch.randint(0, 2, (batch,))
-    seed_model = build_model()
+    seed_model = build_model().to(dev)
     nets = {"seed": seed_model}
     if not seed_only:
-        nets["ours"] = build_model()
+        nets["ours"] = build_model().to(dev)
         nets["ours"].load_state_dict(seed_model.state_dict())
         nets["ours"].to(memory_format=torch.channels_last_3d)
     optimizers = {name: torch.optim.Adam(net.parameters(), 1e-4) for name, net in nets.items()}
 
+    def inputs(name: str):
+        """(video, audio, labels) on the device, as each loop moves them there."""
+        torch.backends.cudnn.benchmark = name != "seed"
+        if name == "seed":
+            video = video_f32.to(dev)
+        else:
+            video = video_to_model_input(video_u8, dev, channels_last=True)
+        return video, audio.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
+
     def train_step(name: str) -> None:
         net = nets[name]
         net.train()
-        if name == "seed":
-            video, amp = video_f32, False
-        else:
-            video, amp = video_to_model_input(video_u8, cpu, channels_last=True), True
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-            logits = net(video, audio)
-        loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+        video, a, y = inputs(name)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=name != "seed"):
+            logits = net(video, a)
+        loss = torch.nn.functional.cross_entropy(logits.float(), y)
         optimizers[name].zero_grad()
         loss.backward()
         optimizers[name].step()
 
-    out = {"frames": frames, "size": size, "batch": batch, "steps": steps, "repeats": repeats}
+    out = {"frames": frames, "size": size, "batch": batch, "steps": steps, "repeats": repeats, "device": str(dev)}
+    if cuda:
+        out["device_name"] = torch.cuda.get_device_name(dev)
     if compile and not seed_only:
-        nets["ours_compiled"] = torch.compile(nets["ours"])
+        nets["ours_compiled"] = torch.compile(nets["ours"], dynamic=False)
         optimizers["ours_compiled"] = optimizers["ours"]
         start = time.perf_counter()
         train_step("ours_compiled")
+        sync()
         out["compile_train_seconds"] = time.perf_counter() - start
-    rounds = _timed_rounds({name: (lambda n=name: train_step(n)) for name in nets}, batch, steps, repeats, log, "train")
+    rounds = _timed_rounds({name: (lambda n=name: train_step(n)) for name in nets}, batch, steps, repeats, log, "train",
+                           sync)
     for name, values in rounds.items():
         out[f"{name}_train_clips_per_s"], out[f"{name}_train_rounds"] = float(np.median(values)), values
 
@@ -196,24 +225,23 @@ def bench_train(frames: int, size: int, batch: int, steps: int, repeats: int = 3
     seed_model.eval()
 
     @torch.no_grad()
-    def infer(model, amp: bool) -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-            if amp:
-                model(video_to_model_input(video_u8, cpu, channels_last=True), audio)
-            else:
-                model(video_f32, audio)
+    def infer(model, name: str) -> None:
+        video, a, _ = inputs(name)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=name != "seed"):
+            model(video, a)
 
-    scorers = {"seed": lambda: infer(seed_model, False)}
+    scorers = {"seed": lambda: infer(seed_model, "seed")}
     if not seed_only:
         fast = inference_model(nets["ours"], amp=True)
-        scorers["ours"] = lambda: infer(fast, True)
+        scorers["ours"] = lambda: infer(fast, "ours")
     if compile and not seed_only:
         compiled = inference_model(nets["ours"], amp=True, compile=True)
         start = time.perf_counter()
-        infer(compiled, True)
+        infer(compiled, "ours_compiled")
+        sync()
         out["compile_infer_seconds"] = time.perf_counter() - start
-        scorers["ours_compiled"] = lambda: infer(compiled, True)
-    rounds = _timed_rounds(scorers, batch, steps, repeats, log, "inference")
+        scorers["ours_compiled"] = lambda: infer(compiled, "ours_compiled")
+    rounds = _timed_rounds(scorers, batch, steps, repeats, log, "inference", sync)
     for name, values in rounds.items():
         out[f"{name}_infer_clips_per_s"], out[f"{name}_infer_rounds"] = float(np.median(values)), values
     if seed_only:
@@ -222,8 +250,57 @@ def bench_train(frames: int, size: int, batch: int, steps: int, repeats: int = 3
         out[f"{name}_train_speedup"] = out[f"{name}_train_clips_per_s"] / out["seed_train_clips_per_s"]
         out[f"{name}_infer_speedup"] = out[f"{name}_infer_clips_per_s"] / out["seed_infer_clips_per_s"]
     out["train_speedup"], out["infer_speedup"] = out["ours_train_speedup"], out["ours_infer_speedup"]
-    out.update(bf16_agreement(batch, frames, size, checkpoint, cache_dir))
+    if cuda:
+        out["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated(dev) / 1e9
+    out.update(bf16_agreement(batch, frames, size, checkpoint, cache_dir, device))
     return out
+
+
+def bench_fit(frames: int, size: int, batch: int, clips: int, workers: int, epochs: int, device: str,
+              compile: bool = False) -> dict:
+    """The real training path end to end: a cache of random clips written through avlib.cache,
+    make_loader (pinned memory on CUDA, `workers` processes) and `fit` with bf16 autocast and
+    channels_last_3d, as 03_train runs it. Reports the last epoch's training clips/s from
+    history.csv, and what the loader alone delivers from the warm cache."""
+    import torch
+
+    from avlib.data import CachedClips, make_loader
+    from avlib.model import build_model
+    from avlib.params import pick_device
+    from avlib.preprocess import settings, write_dummy_cache
+    from avlib.runtime import tune_allocator
+    from avlib.train import fit
+
+    tune_allocator()
+    dev = pick_device(device)
+    tmp = Path(tempfile.mkdtemp(prefix="avlib-fit-"))
+    try:
+        config = settings(frames=frames, size=size, fps=25, n_mfcc=40, mfcc_steps=200)
+        write_dummy_cache(tmp / "cache", config, n=clips, seed=0, val_fraction=0.1, test_fraction=0.0)
+        train_set, val_set = CachedClips(tmp / "cache", "train"), CachedClips(tmp / "cache", "val")
+        loader = make_loader(train_set, batch_size=batch, train=True, workers=workers, device=dev)
+        val_loader = make_loader(val_set, batch_size=batch, train=False, workers=workers, device=dev)
+        for _ in loader:                     # warm the page cache and start the workers
+            pass
+        start, n = time.perf_counter(), 0
+        for video, _, _ in loader:
+            n += len(video)
+        loader_cps = n / (time.perf_counter() - start)
+        torch.manual_seed(0)
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        history = fit(build_model(), loader, val_loader, run_dir=tmp / "run", epochs=epochs, lr=1e-4, device=dev,
+                      amp=True, channels_last=True, compile=compile, keep_last=1, progress=False, log=print)
+        last = history.iloc[-1]
+        out = {"clips": clips, "train_clips": len(train_set), "device": str(dev), "pinned": loader.pin_memory,
+               "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU",
+               "loader_clips_per_s": loader_cps, "train_clips_per_s": float(last["train_clips_per_s"]),
+               "epoch_seconds": float(last["seconds"])}
+        if dev.type == "cuda":
+            out["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated(dev) / 1e9
+        return out
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def seed_loop_alone(frames: int, size: int, batch: int, steps: int, repeats: int) -> dict:
@@ -238,7 +315,8 @@ def seed_loop_alone(frames: int, size: int, batch: int, steps: int, repeats: int
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def bf16_agreement(batch: int, frames: int, size: int, checkpoint: str | None, cache_dir: str | None) -> dict:
+def bf16_agreement(batch: int, frames: int, size: int, checkpoint: str | None, cache_dir: str | None,
+                   device: str = "cpu") -> dict:
     """Largest |P(fake)| difference between fp32 inference of the plain model and bf16
     inference of `inference_model(amp=True)`, and the AUC of each, on the same clips."""
     import torch
@@ -246,12 +324,12 @@ def bf16_agreement(batch: int, frames: int, size: int, checkpoint: str | None, c
     from avlib.model import build_model, inference_model, video_to_model_input
     from avlib.train import safe_auc
 
-    cpu = torch.device("cpu")
+    dev = torch.device(device)
     if checkpoint and cache_dir:
         from avlib.data import CachedClips, make_loader
         from avlib.evaluate import load_detector
 
-        model, _ = load_detector(checkpoint, "cpu")
+        model, _ = load_detector(checkpoint, device)
         loader = make_loader(CachedClips(cache_dir, "test"), batch_size=batch, train=False)
         source = f"{checkpoint} on the test split of {cache_dir}"
     else:
@@ -259,7 +337,7 @@ def bf16_agreement(batch: int, frames: int, size: int, checkpoint: str | None, c
 
         from avlib.data import RandomClips
 
-        model = build_model().eval()
+        model = build_model().to(dev).eval()
         loader = DataLoader(RandomClips(64, frames, size), batch_size=batch)
         source = "untrained weights on random clips (pass --checkpoint and --cache for a trained model)"
     fast = inference_model(model, amp=True)
@@ -267,9 +345,10 @@ def bf16_agreement(batch: int, frames: int, size: int, checkpoint: str | None, c
     with torch.no_grad():
         for video, mfcc, y in loader:
             ys.append(y)
-            p32.append(torch.softmax(model(video_to_model_input(video, cpu, channels_last=False), mfcc).float(), 1)[:, 1])
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                p16.append(torch.softmax(fast(video_to_model_input(video, cpu), mfcc).float(), 1)[:, 1])
+            mfcc = mfcc.to(dev)
+            p32.append(torch.softmax(model(video_to_model_input(video, dev, channels_last=False), mfcc).float(), 1)[:, 1].cpu())
+            with torch.autocast(dev.type, dtype=torch.bfloat16):
+                p16.append(torch.softmax(fast(video_to_model_input(video, dev), mfcc).float(), 1)[:, 1].cpu())
     p32, p16, y = torch.cat(p32), torch.cat(p16), torch.cat(ys).numpy()
     return {"agreement_source": source, "max_abs_prob_diff": float((p32 - p16).abs().max()),
             "auc_fp32": safe_auc(y, p32.numpy()), "auc_bf16": safe_auc(y, p16.numpy())}
@@ -277,7 +356,7 @@ def bf16_agreement(batch: int, frames: int, size: int, checkpoint: str | None, c
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["preprocess", "train", "seed-alone"])
+    parser.add_argument("what", choices=["preprocess", "train", "fit", "seed-alone"])
     parser.add_argument("--clips", type=int, default=120)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--frames", type=int, default=16)
@@ -288,6 +367,8 @@ def main(argv=None) -> int:
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (train and inference)")
     parser.add_argument("--checkpoint", help="a trained best.pt, for the bf16/fp32 agreement")
     parser.add_argument("--cache", help="the cache that checkpoint was trained on")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (train, fit)")
+    parser.add_argument("--epochs", type=int, default=2, help="fit: epochs (the last one is timed)")
     args = parser.parse_args(argv)
     if args.what == "seed-alone":                 # used by seed_loop_alone: one JSON line on stdout
         import json
@@ -296,13 +377,26 @@ def main(argv=None) -> int:
                         log=lambda *a: None)
         print(json.dumps({k: r[k] for k in ("seed_train_clips_per_s", "seed_infer_clips_per_s")}))
         return 0
+    if args.what == "fit":
+        r = bench_fit(args.frames, args.size, args.batch, args.clips, args.workers, args.epochs, args.device,
+                      args.compile)
+        print(f"\nfit() from a {r['clips']}-clip cache at {args.frames}x{args.size}x{args.size}, batch {args.batch}, "
+              f"{args.workers} loader workers, on {r['device_name']} (bf16 autocast, channels_last_3d):")
+        print(f"  loader alone (warm cache, pinned: {r['pinned']}): {r['loader_clips_per_s']:.1f} clips/s")
+        print(f"  training, epoch {args.epochs} (history.csv): {r['train_clips_per_s']:.1f} clips/s; "
+              f"epoch {r['epoch_seconds']:.1f} s with validation")
+        if "peak_gpu_memory_gb" in r:
+            print(f"  peak GPU memory: {r['peak_gpu_memory_gb']:.1f} GB")
+        return 0
     if args.what == "train":
         import torch
 
+        where = (torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")
+                 else f"{torch.get_num_threads()} CPU threads")
         print(f"training loop at {args.frames}x{args.size}x{args.size}, batch {args.batch}, "
-              f"{torch.get_num_threads()} CPU threads; {args.repeats} interleaved rounds of {args.steps} steps")
+              f"{where}; {args.repeats} interleaved rounds of {args.steps} steps")
         r = bench_train(args.frames, args.size, args.batch, args.steps, args.repeats, args.compile,
-                        args.checkpoint, args.cache)
+                        args.checkpoint, args.cache, device=args.device)
         print("\nmedians (clips/s), both loops in this process under avlib's allocator settings:")
         print(f"  seed's loop (fp32, contiguous, float32 loader): train {r['seed_train_clips_per_s']:6.2f}   "
               f"infer {r['seed_infer_clips_per_s']:6.2f}")
@@ -314,11 +408,14 @@ def main(argv=None) -> int:
                   f"({r['ours_compiled_train_speedup']:.2f}x; compiling took {r['compile_train_seconds']:.0f} s)   "
                   f"infer {r['ours_compiled_infer_clips_per_s']:6.2f} ({r['ours_compiled_infer_speedup']:.2f}x; "
                   f"compiling took {r['compile_infer_seconds']:.0f} s)")
-        alone = seed_loop_alone(args.frames, args.size, args.batch, args.steps, args.repeats)
-        print(f"  seed's loop alone in a fresh process, glibc's default malloc (as the seed's notebook runs): "
-              f"train {alone['seed_train_clips_per_s']:6.2f}   infer {alone['seed_infer_clips_per_s']:6.2f}  -> ours is "
-              f"{r['ours_train_clips_per_s'] / alone['seed_train_clips_per_s']:.2f}x / "
-              f"{r['ours_infer_clips_per_s'] / alone['seed_infer_clips_per_s']:.2f}x that")
+        if "peak_gpu_memory_gb" in r:
+            print(f"  peak GPU memory: {r['peak_gpu_memory_gb']:.1f} GB")
+        if args.device == "cpu":    # glibc's allocator does not touch GPU memory
+            alone = seed_loop_alone(args.frames, args.size, args.batch, args.steps, args.repeats)
+            print(f"  seed's loop alone in a fresh process, glibc's default malloc (as the seed's notebook runs): "
+                  f"train {alone['seed_train_clips_per_s']:6.2f}   infer {alone['seed_infer_clips_per_s']:6.2f}  -> ours is "
+                  f"{r['ours_train_clips_per_s'] / alone['seed_train_clips_per_s']:.2f}x / "
+                  f"{r['ours_infer_clips_per_s'] / alone['seed_infer_clips_per_s']:.2f}x that")
         print(f"  bf16 vs fp32 ({r['agreement_source']}): largest |P(fake)| difference {r['max_abs_prob_diff']:.4f}, "
               f"AUC fp32 {r['auc_fp32']:.4f}, bf16 {r['auc_bf16']:.4f}")
         return 0

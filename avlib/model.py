@@ -14,6 +14,28 @@ from avlib.checkpoint import load_state_dict
 MODALITIES = ("av", "video", "audio")
 
 
+class ShortClipTemporalConv3d(nn.Conv3d):
+    """A temporal (k x 1 x 1) convolution that trains in fp32 on the CPU when its input has fewer
+    frames than the kernel is long.
+
+    oneDNN's bf16 weight gradient for a 3x1x1 convolution (stride 1, padding 1) over an input
+    of temporal length 2 is wrong on the CPUs we measured (PyTorch 2.14.1, AVX512-BF16): a
+    relative error of about 1, or values around 1e30 and NaN, while the forward pass and the
+    input gradient are right. R(2+1)D-18 halves the frames three times, so 16-frame clips put
+    T=2 in layer4 and 8-frame clips in layer3; 32 and 128 frames never reach it. Those layers
+    hold a few frames of a few pixels, so fp32 there costs next to nothing. The parameters and
+    state-dict keys are those of nn.Conv3d; `inference_model` turns the class back (inference
+    in bf16 is unaffected). tests/test_model.py checks every convolution's bf16 gradients
+    against float64."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type == "cpu" and torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
+                and x.shape[2] < self.kernel_size[0]):
+            with torch.autocast("cpu", enabled=False):
+                return super().forward(x.float())
+        return super().forward(x)
+
+
 class VideoEncoder(nn.Module):
     """R(2+1)D-18 from torchvision (no downloaded weights), fc -> `out_features`."""
 
@@ -21,6 +43,9 @@ class VideoEncoder(nn.Module):
         super().__init__()
         self.model = torchvision.models.video.r2plus1d_18(weights=None)
         self.model.fc = nn.Linear(self.model.fc.in_features, out_features)
+        for module in self.model.modules():
+            if type(module) is nn.Conv3d and module.kernel_size[0] > 1 and module.kernel_size[1:] == (1, 1):
+                module.__class__ = ShortClipTemporalConv3d
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         return self.model(video)
@@ -157,6 +182,9 @@ def inference_model(model: DeepfakeDetector, *, amp: bool = False, channels_last
     from torch.fx.experimental.optimization import fuse
 
     fast = copy.deepcopy(model).eval()
+    for module in fast.modules():
+        if type(module) is ShortClipTemporalConv3d:      # a training-only guard; torch.fx traces plain Conv3d
+            module.__class__ = nn.Conv3d
     fast.video_encoder.model = fuse(fast.video_encoder.model)
     if channels_last:
         fast = fast.to(memory_format=torch.channels_last_3d)
@@ -165,5 +193,5 @@ def inference_model(model: DeepfakeDetector, *, amp: bool = False, channels_last
     for p in fast.parameters():
         p.requires_grad_(False)
     if compile:
-        fast = torch.compile(fast, options={"freezing": True})
+        fast = torch.compile(fast, dynamic=False, options={"freezing": True})
     return fast

@@ -15,6 +15,7 @@ not exactly.
 """
 from __future__ import annotations
 
+import math
 import random
 import time
 from pathlib import Path
@@ -80,22 +81,29 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(video, audio)
         loss = criterion(logits.float(), labels)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at epoch {epoch}, batch {batch}; "
-                                     f"try amp=false or a lower lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
-        if not torch.isfinite(grad_norm):
-            raise NonFiniteLossError(f"non-finite gradients at epoch {epoch}, batch {batch} (loss {loss.item():.4f}); "
-                                     f"the step was not applied" + ("; try amp=false" if amp else ""))
+        # The norm only (clip_grad_norm_ would multiply every gradient by NaN/inf when one is bad,
+        # hiding which tensor went wrong). Loss and norm come to the host together: one wait
+        # for the device per step, not one per check.
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+        loss_value, norm_value = torch.stack([loss.detach(), grad_norm.float()]).tolist()
+        if not math.isfinite(loss_value):
+            raise NonFiniteLossError(f"non-finite loss ({loss_value}) at epoch {epoch}, batch {batch}; "
+                                     f"try amp=false or a lower lr")
+        if not math.isfinite(norm_value):
+            bad = [name for name, p in model.named_parameters()
+                   if p.grad is not None and not torch.isfinite(torch.linalg.vector_norm(p.grad))]
+            raise NonFiniteLossError(f"non-finite gradients at epoch {epoch}, batch {batch} (loss {loss_value:.4f}) in "
+                                     f"{len(bad)} tensor(s), first {bad[0] if bad else '?'}; the step was not applied"
+                                     + ("; try amp=false" if amp else ""))
         optimizer.step()
-        total_loss += loss.item() * len(labels)
+        total_loss += loss_value * len(labels)
         n += len(labels)
-        probs.append(torch.softmax(logits.detach().float(), 1)[:, 1].cpu())
-        labels_all.append(labels.cpu())
+        probs.append(torch.softmax(logits.detach().float(), 1)[:, 1])
+        labels_all.append(labels)
     seconds = time.perf_counter() - start
-    probs, labels_all = torch.cat(probs).numpy(), torch.cat(labels_all).numpy()
+    probs, labels_all = torch.cat(probs).cpu().numpy(), torch.cat(labels_all).cpu().numpy()
     return dict(loss=total_loss / max(n, 1), accuracy=float(((probs >= 0.5) == labels_all).mean()),
                 auc=safe_auc(labels_all, probs), seconds=seconds, clips_per_s=n / seconds,
                 probs=probs, labels=labels_all)
@@ -231,6 +239,8 @@ def fit(model: nn.Module, train_loader, val_loader, *, run_dir: str | Path, epoc
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last_3d)
+    if device.type == "cuda" and not torch.are_deterministic_algorithms_enabled():
+        torch.backends.cudnn.benchmark = True     # clip shapes are fixed: cuDNN times its 3-D kernels once, keeps the fastest
     rank, world = distributed_rank_and_size()
     net = model
     if world > 1:
@@ -238,7 +248,7 @@ def fit(model: nn.Module, train_loader, val_loader, *, run_dir: str | Path, epoc
 
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if compile:
-        net = torch.compile(net)
+        net = torch.compile(net, dynamic=False)   # a short last batch gets its own static graph, not a slower dynamic one for all
     weights = class_weights(train_loader.dataset.labels) if balance == "weights" else None
     criterion = nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None)
     val_criterion = nn.CrossEntropyLoss()

@@ -75,13 +75,26 @@ def test_non_finite_loss_names_epoch_and_batch(tiny_cache):
         train_one_epoch(model, torch.nn.CrossEntropyLoss(), opt, loader, torch.device("cpu"), 7)
 
 
-def test_compiled_training_computes_what_eager_does(tiny_cache, tmp_path, monkeypatch):
+def test_non_finite_gradient_names_the_tensor_and_leaves_the_weights_alone(tiny_cache):
+    model = build_model()
+    target = model.video_encoder.model.layer2[0].conv1[0][3].weight
+    target.register_hook(lambda g: g * float("inf"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loader = make_loader(CachedClips(tiny_cache, "train"), batch_size=4, train=True)
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    with pytest.raises(NonFiniteLossError, match=r"batch 0 .* in 1 tensor\(s\), first video_encoder.model.layer2.0.conv1.0.3.weight"):
+        train_one_epoch(model, torch.nn.CrossEntropyLoss(), opt, loader, torch.device("cpu"), 1)
+    for name, value in model.state_dict().items():
+        if value.is_floating_point() and "running" not in name:     # BatchNorm statistics move in the forward pass
+            assert torch.equal(value, before[name]), name
+
+
+def test_compiled_training_computes_what_eager_does(tiny_cache, tmp_path):
     """torch.compile inside fit: same losses as eager at a learning rate too small for Adam's
     sign-like first steps to amplify rounding, weights that moved, plain names in checkpoints.
     Inductor draws dropout masks with its own generator unless told to use eager's."""
     import torch._inductor.config
 
-    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
     runs = {}
     for name, compile in (("eager", False), ("compiled", True)):
         torch.manual_seed(0)
@@ -89,8 +102,10 @@ def test_compiled_training_computes_what_eager_does(tiny_cache, tmp_path, monkey
         start = {k: v.clone() for k, v in model.state_dict().items()}
         train = make_loader(CachedClips(tiny_cache, "train"), batch_size=4, train=True, seed=0)
         val = make_loader(CachedClips(tiny_cache, "val"), batch_size=4, train=False)
-        history = fit(model, train, val, run_dir=tmp_path / name, epochs=1, lr=1e-6, device=torch.device("cpu"),
-                      seed=0, compile=compile, progress=False, log=lambda *a: None)
+        # config.patch restores the setting afterwards (monkeypatch would delete the attribute)
+        with torch._inductor.config.patch(fallback_random=True):
+            history = fit(model, train, val, run_dir=tmp_path / name, epochs=1, lr=1e-6,
+                          device=torch.device("cpu"), seed=0, compile=compile, progress=False, log=lambda *a: None)
         moved = max(float((v.float() - start[k].float()).abs().max()) for k, v in model.state_dict().items()
                     if v.is_floating_point())
         runs[name] = (history, moved)
