@@ -1,5 +1,5 @@
-"""Datasets and loaders over the clip cache. The Dataset memory-maps each clip and returns
-uint8 video; conversion to float in [0, 1] happens on the device
+"""Datasets and loaders over the clip cache. The Dataset memory-maps each clip's files
+(decompressing the LZ4-framed video into a fresh array) and returns uint8 video; conversion to float in [0, 1] happens on the device
 (avlib.model.video_to_model_input)."""
 from __future__ import annotations
 
@@ -31,7 +31,9 @@ class CachedClips(Dataset):
 
     def __getitem__(self, i: int):
         video, mfcc = cache.read_clip(self.cache_dir, self._ids[i], self.manifest)
-        return torch.from_numpy(np.array(video)), torch.from_numpy(np.array(mfcc)), int(self.labels[i])
+        if not video.flags.writeable:          # a memory map (older caches): copy out of the file
+            video = np.array(video)
+        return torch.from_numpy(video), torch.from_numpy(np.array(mfcc)), int(self.labels[i])
 
 
 def mfcc_statistics(dataset: CachedClips, max_clips: int = 2000) -> tuple[np.ndarray, np.ndarray]:

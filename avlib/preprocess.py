@@ -139,7 +139,7 @@ def preprocess(records: pd.DataFrame, data_dir: str | Path, cache_dir: str | Pat
     bar.close()
     seconds = time.perf_counter() - t_start
     index, failures = cache.rebuild_tables(cache_dir, records)
-    sizes = [sum(f.stat().st_size for f in (cache_dir / "clips" / c).glob("*.npy")) for c in index["clip_id"][:200]]
+    sizes = [cache.clip_bytes(cache_dir, c) for c in index["clip_id"][:200]]
     return {
         "cache_dir": str(cache_dir),
         "settings": config,

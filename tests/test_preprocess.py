@@ -208,3 +208,31 @@ def test_every_kind_of_odd_file_in_one_run(tmp_path):
     assert not by_path.loc["real/no audio.mp4", "has_audio"] and by_path.loc["real/plain.mp4", "has_audio"]
     assert by_path.loc["real/one frame.mp4", "valid_frames"] == 1
     assert report["without_audio"] == 1
+
+
+def test_cached_video_round_trips_and_damage_is_refused(tmp_path):
+    """The LZ4-framed video reads back bit-exact as (3, T, H, W); a file cut anywhere, or one
+    whose frame header is damaged, is a CacheError naming the entry; a cache written before
+    compression (video.npy) still reads."""
+    cache.open_cache(tmp_path / "c", CONFIG)
+    shape = (3, CONFIG["frames"], CONFIG["size"], CONFIG["size"])
+    video = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    video[:, :, :8] = 7                                      # some compressible rows
+    mfcc = np.ones((CONFIG["mfcc_steps"], CONFIG["n_mfcc"]), np.float32)
+    cache.write_clip(tmp_path / "c", "ok", video, mfcc, {})
+    got, _ = cache.read_clip(tmp_path / "c", "ok", CONFIG)
+    assert got.dtype == np.uint8 and got.shape == shape and np.array_equal(got, video)
+    clips = tmp_path / "c" / "clips"
+    data = (clips / "ok" / cache.VIDEO_FILE).read_bytes()
+    assert len(data) < video.nbytes
+    damaged = {"cut-early": data[:20], "cut-late": data[:-5], "header": data[:4] + b"\xff" * 3 + data[7:], "empty": b""}
+    for cid, content in damaged.items():
+        cache.write_clip(tmp_path / "c", cid, video, mfcc, {})
+        (clips / cid / cache.VIDEO_FILE).write_bytes(content)
+        with pytest.raises(cache.CacheError, match=f"clips/{cid} is unreadable"):
+            cache.read_clip(tmp_path / "c", cid, CONFIG)
+    cache.write_clip(tmp_path / "c", "legacy", video, mfcc, {})
+    (clips / "legacy" / cache.VIDEO_FILE).unlink()
+    np.save(clips / "legacy" / cache.LEGACY_VIDEO_FILE, video)
+    got, _ = cache.read_clip(tmp_path / "c", "legacy", CONFIG)
+    assert np.array_equal(got, video)
