@@ -1,6 +1,6 @@
 """Datasets and loaders over the clip cache. The Dataset memory-maps each clip's files
-(decompressing the LZ4-framed video into a fresh array) and returns uint8 video; conversion to float in [0, 1] happens on the device
-(avlib.model.video_to_model_input)."""
+(decompressing the LZ4-framed video into a fresh array) and returns uint8 video; conversion
+to float in [0, 1] happens on the device (avlib.model.video_to_model_input)."""
 from __future__ import annotations
 
 from pathlib import Path
