@@ -1,5 +1,6 @@
 # Two commands do everything on a fresh machine:
 #   make demo   set up .venv if needed, then generate the synthetic corpus and run notebooks 01..05
+#               into results/demo/ (git-ignored), ending with a comparison against results/reference/demo/
 #   make test   set up .venv if needed, then run the test suite
 # Set-up is idempotent: it re-installs only when pyproject.toml changed.
 PYTHON ?= python3
@@ -12,14 +13,17 @@ PARAMS ?= params/demo.yaml
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e .
-	-git rev-parse --git-dir >/dev/null 2>&1 && $(VENV)/bin/nbdime config-git --enable
-	touch $(STAMP)
+	@echo "set-up: installing the environment into $(VENV)/ (about 2 minutes, once; again only when pyproject.toml changes)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --upgrade pip
+	@$(PY) -m pip install --quiet -e .
+	@-git rev-parse --git-dir >/dev/null 2>&1 && $(VENV)/bin/nbdime config-git --enable
+	@touch $(STAMP)
+	@echo "set-up: done"
 
+# Writes results/<run_name>/ (git-ignored); the committed reference is results/reference/demo/.
 demo: $(STAMP)
-	$(PY) -m avlib.pipeline $(PARAMS)
+	@$(PY) -m avlib.pipeline $(PARAMS)
 
 smoke: $(STAMP)
 	$(PY) -m avlib.pipeline params/smoke.yaml

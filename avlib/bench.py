@@ -2,7 +2,7 @@
 
     python -m avlib.bench preprocess [--clips 120] [--workers 2]
     python -m avlib.bench train [--frames 16] [--size 64] [--batch 8] [--steps 2] [--repeats 3] [--compile]
-                                [--device cpu|cuda]
+                                [--device cpu|cuda] [--amp auto|true|false]
     python -m avlib.bench fit --device cuda --frames 128 --size 112 --batch 8 --clips 160 --workers 8
 
 preprocess: the same clips processed two ways in one run. The seed's way: OpenCV frame reads
@@ -12,16 +12,17 @@ MFCC, float32 .npy files, one process. Ours: avlib.preprocess (PyAV single pass,
 talking faces of 224x224 at 25 fps, 6 s long, encoded H.264/AAC.
 
 train: the seed's loop (fp32, default memory format, float32 video from the loader) and ours
-(bf16 autocast for the video encoder, channels_last_3d, uint8 video converted on the device)
+(bf16 autocast for the video encoder where --amp resolves to it: by default only on hardware
+that computes in bf16 natively; channels_last_3d, uint8 video converted on the device)
 at the same reduced configuration in one process, same initial weights, timed in interleaved
 rounds: training and inference clips/s (medians) and their ratio (--compile adds our loop under
 torch.compile, with its compile time); the seed's loop alone in a fresh process with glibc's
-default malloc (how the seed's notebook runs); then the largest |P(fake)| difference between
-bf16 and fp32 inference on the same clips and the AUC of each (on the clips of --cache with the
-weights of --checkpoint when given). On CUDA the seed's loop alone is skipped (glibc's allocator
+default malloc (how the seed's notebook runs); then, when ours runs in bf16, the largest
+|P(fake)| difference between bf16 and fp32 inference on the same clips and the AUC of each (on
+the clips of --cache with the weights of --checkpoint when given). On CUDA the seed's loop alone is skipped (glibc's allocator
 does not hold GPU memory).
 
-fit: the real 03_train path end to end (cache -> make_loader -> fit, bf16, channels_last_3d) on
+fit: the real 03_train path end to end (cache -> make_loader -> fit, amp, channels_last_3d) on
 random clips at the given size: the loader's clips/s from a warm cache, then the last epoch's
 training clips/s. Run it at full size on a GPU to see whether the loader keeps the card fed.
 """
@@ -143,14 +144,15 @@ def _timed_rounds(steps_of: dict, clips_per_call: int, calls: int, repeats: int,
 
 def bench_train(frames: int, size: int, batch: int, steps: int, repeats: int = 3, compile: bool = False,
                 checkpoint: str | None = None, cache_dir: str | None = None, log=print, *,
-                seed_only: bool = False, device: str = "cpu") -> dict:
+                seed_only: bool = False, device: str = "cpu", amp: bool | str = "auto") -> dict:
     """Seed's loop against ours, same weights and batches, timed in interleaved rounds.
 
     Each round times `steps` training steps of the seed, then of ours, then `steps` inference
     batches of each; figures are medians over `repeats` rounds (a 2-core VM's speed drifts
     by 30 % from minute to minute, and interleaving spreads the drift over both loops).
     Inference in "ours" is what 04_evaluate and avlib.predict run: `inference_model` (BatchNorm
-    folded, channels_last_3d, bf16 weights) under bf16 autocast.
+    folded, channels_last_3d; bf16 weights under bf16 autocast when `amp` resolves to bf16, as
+    `avlib.runtime.resolve_amp` decides for 03 and 04).
 
     Both loops run under avlib's allocator settings (`tune_allocator`), so the ratio is one of
     compute. seed_only=True times the seed's loop alone with glibc's defaults, as the seed's
@@ -161,7 +163,7 @@ def bench_train(frames: int, size: int, batch: int, steps: int, repeats: int = 3
     ours runs with cuDNN's autotuner on (what `fit` sets on CUDA), the seed's with the default."""
     import torch
 
-    from avlib.runtime import tune_allocator
+    from avlib.runtime import resolve_amp, tune_allocator
 
     if not seed_only:
         tune_allocator()
@@ -170,6 +172,7 @@ def bench_train(frames: int, size: int, batch: int, steps: int, repeats: int = 3
 
     torch.manual_seed(0)
     dev = torch.device(device)
+    amp = not seed_only and resolve_amp(amp, dev, log=log)
     cuda = dev.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     video_u8 = torch.randint(0, 256, (batch, 3, frames, size, size), dtype=torch.uint8)
@@ -199,14 +202,15 @@ def bench_train(frames: int, size: int, batch: int, steps: int, repeats: int = 3
         net = nets[name]
         net.train()
         video, a, y = inputs(name)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=name != "seed"):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp and name != "seed"):
             logits = net(video, a)
         loss = torch.nn.functional.cross_entropy(logits.float(), y)
         optimizers[name].zero_grad()
         loss.backward()
         optimizers[name].step()
 
-    out = {"frames": frames, "size": size, "batch": batch, "steps": steps, "repeats": repeats, "device": str(dev)}
+    out = {"frames": frames, "size": size, "batch": batch, "steps": steps, "repeats": repeats, "device": str(dev),
+           "amp": amp}
     if cuda:
         out["device_name"] = torch.cuda.get_device_name(dev)
     if compile and not seed_only:
@@ -227,15 +231,15 @@ def bench_train(frames: int, size: int, batch: int, steps: int, repeats: int = 3
     @torch.no_grad()
     def infer(model, name: str) -> None:
         video, a, _ = inputs(name)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=name != "seed"):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp and name != "seed"):
             model(video, a)
 
     scorers = {"seed": lambda: infer(seed_model, "seed")}
     if not seed_only:
-        fast = inference_model(nets["ours"], amp=True)
+        fast = inference_model(nets["ours"], amp=amp)
         scorers["ours"] = lambda: infer(fast, "ours")
     if compile and not seed_only:
-        compiled = inference_model(nets["ours"], amp=True, compile=True)
+        compiled = inference_model(nets["ours"], amp=amp, compile=True)
         start = time.perf_counter()
         infer(compiled, "ours_compiled")
         sync()
@@ -252,15 +256,16 @@ def bench_train(frames: int, size: int, batch: int, steps: int, repeats: int = 3
     out["train_speedup"], out["infer_speedup"] = out["ours_train_speedup"], out["ours_infer_speedup"]
     if cuda:
         out["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated(dev) / 1e9
-    out.update(bf16_agreement(batch, frames, size, checkpoint, cache_dir, device))
+    if amp:          # in fp32 both loops compute the same function: nothing to compare
+        out.update(bf16_agreement(batch, frames, size, checkpoint, cache_dir, device))
     return out
 
 
 def bench_fit(frames: int, size: int, batch: int, clips: int, workers: int, epochs: int, device: str,
               compile: bool = False) -> dict:
     """The real training path end to end: a cache of random clips written through avlib.cache,
-    make_loader (pinned memory on CUDA, `workers` processes) and `fit` with bf16 autocast and
-    channels_last_3d, as 03_train runs it. Reports the last epoch's training clips/s from
+    make_loader (pinned memory on CUDA, `workers` processes) and `fit` with amp: auto (bf16 where
+    the hardware computes in it) and channels_last_3d, as 03_train runs it. Reports the last epoch's training clips/s from
     history.csv, and what the loader alone delivers from the warm cache."""
     import torch
 
@@ -268,11 +273,12 @@ def bench_fit(frames: int, size: int, batch: int, clips: int, workers: int, epoc
     from avlib.model import build_model
     from avlib.params import pick_device
     from avlib.preprocess import settings, write_dummy_cache
-    from avlib.runtime import tune_allocator
+    from avlib.runtime import resolve_amp, tune_allocator
     from avlib.train import fit
 
     tune_allocator()
     dev = pick_device(device)
+    amp = resolve_amp("auto", dev)
     tmp = Path(tempfile.mkdtemp(prefix="avlib-fit-"))
     try:
         config = settings(frames=frames, size=size, fps=25, n_mfcc=40, mfcc_steps=200)
@@ -290,9 +296,9 @@ def bench_fit(frames: int, size: int, batch: int, clips: int, workers: int, epoc
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
         history = fit(build_model(), loader, val_loader, run_dir=tmp / "run", epochs=epochs, lr=1e-4, device=dev,
-                      amp=True, channels_last=True, compile=compile, keep_last=1, progress=False, log=print)
+                      amp=amp, channels_last=True, compile=compile, keep_last=1, progress=False, log=print)
         last = history.iloc[-1]
-        out = {"clips": clips, "train_clips": len(train_set), "device": str(dev), "pinned": loader.pin_memory,
+        out = {"clips": clips, "train_clips": len(train_set), "device": str(dev), "pinned": loader.pin_memory, "amp": amp,
                "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU",
                "loader_clips_per_s": loader_cps, "train_clips_per_s": float(last["train_clips_per_s"]),
                "epoch_seconds": float(last["seconds"])}
@@ -369,6 +375,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cache", help="the cache that checkpoint was trained on")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (train, fit)")
     parser.add_argument("--epochs", type=int, default=2, help="fit: epochs (the last one is timed)")
+    parser.add_argument("--amp", default="auto", choices=["auto", "true", "false"],
+                        help="train: bf16 autocast in our loop; auto: where the hardware computes in bf16 natively")
     args = parser.parse_args(argv)
     if args.what == "seed-alone":                 # used by seed_loop_alone: one JSON line on stdout
         import json
@@ -381,7 +389,8 @@ def main(argv=None) -> int:
         r = bench_fit(args.frames, args.size, args.batch, args.clips, args.workers, args.epochs, args.device,
                       args.compile)
         print(f"\nfit() from a {r['clips']}-clip cache at {args.frames}x{args.size}x{args.size}, batch {args.batch}, "
-              f"{args.workers} loader workers, on {r['device_name']} (bf16 autocast, channels_last_3d):")
+              f"{args.workers} loader workers, on {r['device_name']} ({'bf16 autocast' if r['amp'] else 'fp32'}, "
+              f"channels_last_3d):")
         print(f"  loader alone (warm cache, pinned: {r['pinned']}): {r['loader_clips_per_s']:.1f} clips/s")
         print(f"  training, epoch {args.epochs} (history.csv): {r['train_clips_per_s']:.1f} clips/s; "
               f"epoch {r['epoch_seconds']:.1f} s with validation")
@@ -396,11 +405,12 @@ def main(argv=None) -> int:
         print(f"training loop at {args.frames}x{args.size}x{args.size}, batch {args.batch}, "
               f"{where}; {args.repeats} interleaved rounds of {args.steps} steps")
         r = bench_train(args.frames, args.size, args.batch, args.steps, args.repeats, args.compile,
-                        args.checkpoint, args.cache, device=args.device)
+                        args.checkpoint, args.cache, device=args.device,
+                        amp="auto" if args.amp == "auto" else args.amp == "true")
         print("\nmedians (clips/s), both loops in this process under avlib's allocator settings:")
         print(f"  seed's loop (fp32, contiguous, float32 loader): train {r['seed_train_clips_per_s']:6.2f}   "
               f"infer {r['seed_infer_clips_per_s']:6.2f}")
-        print(f"  ours (bf16 autocast, channels_last_3d, uint8; BN folded for inference): "
+        print(f"  ours ({'bf16 autocast' if r['amp'] else 'fp32'}, channels_last_3d, uint8; BN folded for inference): "
               f"train {r['ours_train_clips_per_s']:6.2f}   infer {r['ours_infer_clips_per_s']:6.2f}")
         print(f"  speed-up: train {r['train_speedup']:.2f}x, inference {r['infer_speedup']:.2f}x")
         if args.compile:
@@ -416,8 +426,9 @@ def main(argv=None) -> int:
                   f"train {alone['seed_train_clips_per_s']:6.2f}   infer {alone['seed_infer_clips_per_s']:6.2f}  -> ours is "
                   f"{r['ours_train_clips_per_s'] / alone['seed_train_clips_per_s']:.2f}x / "
                   f"{r['ours_infer_clips_per_s'] / alone['seed_infer_clips_per_s']:.2f}x that")
-        print(f"  bf16 vs fp32 ({r['agreement_source']}): largest |P(fake)| difference {r['max_abs_prob_diff']:.4f}, "
-              f"AUC fp32 {r['auc_fp32']:.4f}, bf16 {r['auc_bf16']:.4f}")
+        if r["amp"]:
+            print(f"  bf16 vs fp32 ({r['agreement_source']}): largest |P(fake)| difference {r['max_abs_prob_diff']:.4f}, "
+                  f"AUC fp32 {r['auc_fp32']:.4f}, bf16 {r['auc_bf16']:.4f}")
         return 0
     r = bench_preprocess(args.clips, args.workers)
     print(f"\npreprocess, {r['clips']} clips at 128x112x112 + MFCC 200x40, {r['workers']} workers")

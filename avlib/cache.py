@@ -5,7 +5,8 @@ folders that the next run removes.
 cache_dir/manifest.json   the settings every clip was made with
 cache_dir/records.csv     every indexed clip with its split
 cache_dir/clips/<id>/     video.lz4 uint8 frames (T, H, W, 3), LZ4-framed, read as a (3, T, H, W) view;
-                          mfcc.npy (S, n_mfcc) float32; meta.json
+                          mfcc.npy (S, n_mfcc) float32; audio.npy int16 (N,) the window's mono
+                          waveform at the manifest's sample rate (manifest "waveform": true); meta.json
                           (caches written before 2026-11-26 hold video.npy instead; both are read)
 cache_dir/failures/<id>.json, failures.csv   files that could not be used, with a reason
 cache_dir/index.csv       one row per cached clip: its record, split, valid_frames, has_audio
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from avlib.paths import read_json, write_csv, write_json
+from avlib.paths import disk_full_error, is_disk_full, read_json, write_csv, write_json
 
 # The video is stored LZ4-compressed (lossless) in LZ4's frame format, which records the content
 # size: a cut file is an error, never a short clip.
@@ -37,6 +38,7 @@ from avlib.paths import read_json, write_csv, write_json
 # Frames are stored as decoded, (T, H, W, 3): no transposing copy when writing, and the (3, T, H,
 # W) view readers get has the memory order of channels_last_3d, which the model runs in.
 VIDEO_FILE, LEGACY_VIDEO_FILE = "video.lz4", "video.npy"
+AUDIO_FILE = "audio.npy"      # int16 mono waveform of the window (caches from 2026-11-29 on; see read_waveform)
 LZ4_LEVEL = -8          # LZ4 fast mode, acceleration 8: on full-size synthetic clips 5.3 ms to write, 1.5 ms to
                         # read, 0.53 of the bytes (acceleration 1: 6.7 ms, 1.6 ms, 0.51)
 
@@ -71,7 +73,7 @@ def open_cache(cache_dir: str | Path, settings: dict) -> Path:
             raise CacheError(f"{cache_dir} was made with other settings ({', '.join(f'{k}: {old.get(k)!r} vs {manifest[k]!r}' for k in diff)}); "
                              f"use another `cache_dir` or delete it")
     else:
-        write_json(path, manifest)
+        write_json(path, {**manifest, "waveform": bool(settings.get("waveform", True))})
     for stale in (cache_dir / "clips").glob(".tmp-*"):   # left by a run killed mid-write
         shutil.rmtree(stale, ignore_errors=True)
     return cache_dir
@@ -88,13 +90,18 @@ def is_cached(cache_dir: Path, cid: str) -> bool:
     return (Path(cache_dir) / "clips" / cid / "meta.json").is_file()
 
 
-def write_clip(cache_dir: Path, cid: str, video: np.ndarray, mfcc: np.ndarray, meta: dict) -> None:
-    """Write one clip atomically: a hidden temporary folder, renamed into place when complete."""
+def write_clip(cache_dir: Path, cid: str, video: np.ndarray, mfcc: np.ndarray, meta: dict,
+               waveform: np.ndarray | None = None) -> None:
+    """Write one clip atomically: a hidden temporary folder, renamed into place when complete.
+    `waveform` (int16 mono at the manifest's sample rate, the window's seconds) is kept as
+    audio.npy, so that audio features at any rate can be derived without decoding again."""
     clips = Path(cache_dir) / "clips"
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{cid}-", dir=clips))
     try:
         (tmp / VIDEO_FILE).write_bytes(compress_video(video))
         np.save(tmp / "mfcc.npy", np.ascontiguousarray(mfcc, dtype=np.float32))
+        if waveform is not None:
+            np.save(tmp / AUDIO_FILE, np.ascontiguousarray(waveform, dtype=np.int16))
         with open(tmp / "meta.json", "w", encoding="utf-8") as f:
             json.dump(meta, f)
         # No fsync: a killed process loses nothing the kernel already holds, and fsync tripled
@@ -104,6 +111,11 @@ def write_clip(cache_dir: Path, cid: str, video: np.ndarray, mfcc: np.ndarray, m
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
+    except OSError as e:
+        if is_disk_full(e):      # stops the run (preprocess lists other errors as failures); clips done stay
+            needed = sum(a.nbytes for a in (video, mfcc, waveform) if a is not None)
+            raise disk_full_error(clips / cid, needed, e, at_most=True) from e
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -158,6 +170,29 @@ def read_clip(cache_dir: Path, cid: str, manifest: dict) -> tuple[np.ndarray, np
         raise CacheError(f"cache entry {folder} has video {video.shape} {video.dtype} and mfcc {mfcc.shape} "
                          f"{mfcc.dtype}; expected {want_v} uint8 and {want_a} float32")
     return video, mfcc
+
+
+def has_waveform(manifest: dict) -> bool:
+    """Whether the cache's clips keep their waveform (caches made before 2026-11-29 do not)."""
+    return bool(manifest.get("waveform", False))
+
+
+def read_waveform(cache_dir: Path, cid: str, manifest: dict) -> np.ndarray:
+    """(N,) int16 waveform of one clip, N = round(frames / fps * sample_rate); raises CacheError
+    naming 01_preprocess when the cache predates waveforms or the file is missing or cut."""
+    if not has_waveform(manifest):
+        raise CacheError(f"the cache at {cache_dir} keeps no waveforms (made before sync models existed); "
+                         f"a sync model needs them: rerun notebooks/01_preprocess.ipynb into a new cache_dir")
+    want = int(round(manifest["frames"] / manifest["fps"] * manifest["sample_rate"]))
+    path = Path(cache_dir) / "clips" / cid / AUDIO_FILE
+    try:
+        wave = np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as e:
+        raise CacheError(f"cache entry {path.parent} has no readable {AUDIO_FILE}: {e}; delete the folder and "
+                         f"rerun notebooks/01_preprocess.ipynb (only missing clips are redone)") from e
+    if wave.shape != (want,) or wave.dtype != np.int16:
+        raise CacheError(f"{path} holds {wave.shape} {wave.dtype}; expected ({want},) int16")
+    return wave
 
 
 def clip_bytes(cache_dir: Path, cid: str) -> int:

@@ -17,10 +17,14 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
-    """torch.save `state` (plain data and tensors only) to `path` atomically."""
+    """torch.save `state` (plain data and tensors only) to `path` atomically: `path` keeps its
+    previous complete version until the new one is whole.
+
+    Raises avlib.paths.DiskFullError, naming the bytes needed and the folder, when the disk or
+    quota is full (no temporary file is left)."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getbuffer())      # a view: no second copy of a 384 MB checkpoint
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:

@@ -13,15 +13,23 @@ from avlib import cache
 
 
 class CachedClips(Dataset):
-    """Clips of one split of a cache: (video uint8 (3,T,H,W), mfcc float32 (S,n), label int).
+    """Clips of one split of a cache: (video uint8 (3,T,H,W), mfcc float32 (S,n), label int), and
+    with `waveform=True` a fourth item, the window's waveform float32 (N,) in [-1, 1] (what sync
+    models read). Raises CacheError when a waveform is asked of a cache that keeps none.
+    `real_only` keeps the real clips (label 0): what the sync objective trains on.
 
     `index` is the DataFrame of the clips in order (for predictions.csv)."""
 
-    def __init__(self, cache_dir: str | Path, split: str = "train"):
+    def __init__(self, cache_dir: str | Path, split: str = "train", *, waveform: bool = False,
+                 real_only: bool = False):
         self.cache_dir = Path(cache_dir)
         self.manifest = cache.read_manifest(self.cache_dir)
+        self.waveform = waveform
+        if waveform and not cache.has_waveform(self.manifest):
+            cache.read_waveform(self.cache_dir, "", self.manifest)          # raises the CacheError that says what to run
         index = cache.read_index(self.cache_dir)
-        self.index = (index if split == "all" else index[index["split"] == split]).reset_index(drop=True)
+        index = index if split == "all" else index[index["split"] == split]
+        self.index = (index[index["label"] == 0] if real_only else index).reset_index(drop=True)
         self.split = split
         self.labels = self.index["label"].to_numpy(dtype=np.int64)
         self._ids = self.index["clip_id"].tolist()
@@ -33,7 +41,11 @@ class CachedClips(Dataset):
         video, mfcc = cache.read_clip(self.cache_dir, self._ids[i], self.manifest)
         if not video.flags.writeable:          # a memory map (older caches): copy out of the file
             video = np.array(video)
-        return torch.from_numpy(video), torch.from_numpy(np.array(mfcc)), int(self.labels[i])
+        item = (torch.from_numpy(video), torch.from_numpy(np.array(mfcc)), int(self.labels[i]))
+        if self.waveform:
+            wave = cache.read_waveform(self.cache_dir, self._ids[i], self.manifest)
+            item += (torch.from_numpy(wave.astype(np.float32) / 32768.0),)
+        return item
 
 
 def mfcc_statistics(dataset: CachedClips, max_clips: int = 2000) -> tuple[np.ndarray, np.ndarray]:

@@ -34,13 +34,16 @@ class DecodedClip:
 
 def decode_clip(path: str | Path, *, frames: int = 128, size: int = 112, fps: float = 25.0,
                 sample_rate: int = SAMPLE_RATE, window: str = "start", skip_silence: bool = False,
-                face_crop: bool = False, threads: int = 0, offset: float | None = None) -> DecodedClip:
+                face_crop: bool = False, threads: int = 0, offset: float | None = None,
+                max_pixels: int = 0) -> DecodedClip:
     """Decode the window of `frames` / `fps` seconds from `path`.
 
     window='start' begins at the first frame, 'center' centres the window in the clip;
     skip_silence moves the start past leading silence in the audio (a known FakeAVCeleb
     shortcut). threads=1 decodes in the calling thread (for worker pools); 0 lets FFmpeg
     choose. `offset` (seconds) places the window explicitly, overriding window/skip_silence.
+    `max_pixels` > 0 makes the decoder refuse larger frames (FFmpeg's max_pixels) before
+    allocating them, even where the stream changes size after its header.
     Raises DecodeError with a one-line reason for unusable files.
     """
     path = Path(path)
@@ -52,6 +55,8 @@ def decode_clip(path: str | Path, *, frames: int = 128, size: int = 112, fps: fl
         container = av.open(str(path))
     except av.error.FFmpegError as e:
         raise DecodeError(f"not a readable media file ({_short(e)})") from e
+    if max_pixels and container.streams.video:
+        container.streams.video[0].codec_context.options = {"max_pixels": str(min(max_pixels, 2**31 - 1))}
     try:
         return _decode(container, frames, size, fps, sample_rate, window, skip_silence, face_crop, path, threads,
                        offset)

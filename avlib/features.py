@@ -28,3 +28,8 @@ def compute_mfcc(audio: np.ndarray, sample_rate: int, n_mfcc: int, steps: int) -
     if len(mfcc) >= steps:
         return np.ascontiguousarray(mfcc[:steps])
     return np.concatenate([mfcc, np.repeat(mfcc[-1:], steps - len(mfcc), axis=0)])
+
+
+def waveform_to_int16(audio: np.ndarray) -> np.ndarray:
+    """float audio in [-1, 1] -> int16, what the cache keeps (audio.npy)."""
+    return np.clip(np.round(np.asarray(audio, np.float32) * 32767.0), -32768, 32767).astype(np.int16)

@@ -1,4 +1,5 @@
-"""Dataset indexers: one record per clip, as a pandas DataFrame with the columns in COLUMNS.
+"""Dataset indexers: one record per clip, as a pandas DataFrame with the columns in COLUMNS
+(and `style`, the generator style, for the synthetic corpus).
 
 `path` is relative to the dataset's data_dir; label 0 = REAL, 1 = FAKE.
 """
@@ -36,6 +37,7 @@ def index_dataset(dataset: str, data_dir: str | Path) -> pd.DataFrame:
     frame = indexers[dataset](data_dir)
     if dataset == "synthetic":
         frame["dataset"] = "synthetic"
+        frame["style"] = synthetic_styles(frame, data_dir)
     if frame.empty:
         raise DatasetIndexError(f"no {dataset} video files found under {data_dir}")
     return frame
@@ -106,6 +108,18 @@ def index_fakeavceleb(data_dir: Path) -> pd.DataFrame:
         records.append(dict(path=path.relative_to(data_dir).as_posix(), label=label, dataset="fakeavceleb",
                             category=category, method=method, identity=ident, race=race, gender=gender))
     return _frame(records)
+
+
+def synthetic_styles(frame: pd.DataFrame, data_dir: Path) -> list[str]:
+    """The generator style of each clip of a synthetic corpus, from the styles.csv that
+    avlib.synthetic writes beside meta_data.csv ("" for a clip it does not list)."""
+    root = fakeavceleb_root(data_dir)
+    listed = {}
+    if (root / "styles.csv").is_file():
+        table = pd.read_csv(root / "styles.csv", dtype=str, keep_default_na=False)
+        prefix = root.relative_to(data_dir)
+        listed = {(prefix / p).as_posix(): s for p, s in zip(table["path"], table["style"])}
+    return [listed.get(p, "") for p in frame["path"]]
 
 
 def index_cremad(data_dir: Path) -> pd.DataFrame:

@@ -12,6 +12,7 @@ import torchvision
 from avlib.checkpoint import load_state_dict
 
 MODALITIES = ("av", "video", "audio")
+FUSIONS = ("concat", "sync")
 
 
 class ShortClipTemporalConv3d(nn.Conv3d):
@@ -84,33 +85,61 @@ class DeepfakeDetector(nn.Module):
 
     `modality` = 'video' or 'audio' zeroes the other branch's features (an ablation with the
     same architecture and parameter count, so runs stay comparable).
+
+    `fusion='sync'` keeps both branches and the classifier and adds `avlib.sync.SyncBranch`
+    (mouth and voice per frame, their agreement at offsets within +-0.6 s). Its clip-level sync
+    features (batch-normalised) join the pooled features in the classifier, detached: the sync
+    branch learns only from its own objective on real clips (`avlib.sync.sync_loss`), so its
+    score stays one that never saw a fake label. It needs the waveform: forward(video, mfcc,
+    waveform). `trunk_stride` > 1 feeds R(2+1)D every s-th frame (the sync branch sees all of
+    them): a sync model needs a frame rate the trunk does not.
     """
 
     def __init__(self, video_feature_size: int = 512, audio_feature_size: int = 128,
-                 n_mfcc: int = 40, num_classes: int = 2, modality: str = "av"):
+                 n_mfcc: int = 40, num_classes: int = 2, modality: str = "av", fusion: str = "concat",
+                 fps: float = 25.0, frames: int = 128, trunk_stride: int = 1, sample_rate: int = 16000):
         super().__init__()
         if modality not in MODALITIES:
             raise ValueError(f"parameter `modality` must be one of {', '.join(MODALITIES)}; got {modality!r}")
-        self.modality = modality
+        if fusion not in FUSIONS:
+            raise ValueError(f"parameter `fusion` must be one of {', '.join(FUSIONS)}; got {fusion!r}")
+        self.modality, self.fusion, self.trunk_stride = modality, fusion, int(trunk_stride)
         self.video_encoder = VideoEncoder(out_features=video_feature_size)
         self.audio_encoder = AudioEncoder(input_size=n_mfcc, hidden_size=audio_feature_size)
+        extra = 0
+        if fusion == "sync":
+            from avlib.sync import SYNC_FEATURES, SyncBranch
+
+            self.sync = SyncBranch(fps=fps, frames=frames, sample_rate=sample_rate)
+            self.sync_norm = nn.BatchNorm1d(len(SYNC_FEATURES))
+            self.sync_config = {"fps": float(fps), "frames": int(frames), "sample_rate": int(sample_rate)}
+            extra = len(SYNC_FEATURES)
         self.classifier = nn.Sequential(
-            nn.Linear(video_feature_size + audio_feature_size, 256),
+            nn.Linear(video_feature_size + audio_feature_size + extra, 256),
             nn.ReLU(),
             nn.Dropout(0.3),
             nn.Linear(256, num_classes),
         )
 
-    def forward(self, video: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
-        video_feat = self.video_encoder(video)
+    def forward(self, video: torch.Tensor, audio: torch.Tensor, waveform: torch.Tensor | None = None, *,
+                with_sync: bool = False):
+        """Logits (B, 2); with `with_sync`, (logits, the sync branch's dict or None)."""
+        video_feat = self.video_encoder(video[:, :, ::self.trunk_stride] if self.trunk_stride > 1 else video)
         audio_feat = self.audio_encoder(audio)
         if self.modality == "audio":
             video_feat = torch.zeros_like(video_feat)
         elif self.modality == "video":
             audio_feat = torch.zeros_like(audio_feat)
-        fused = torch.cat([video_feat.float(), audio_feat.float()], dim=1)
+        parts, sync = [video_feat.float(), audio_feat.float()], None
+        if self.fusion == "sync":
+            if waveform is None:
+                raise ValueError("a fusion='sync' model needs the waveform: model(video, mfcc, waveform)")
+            sync = self.sync(video, waveform)
+            parts.append(self.sync_norm(sync["features"].detach()))
+        fused = torch.cat(parts, dim=1)
         with torch.autocast(device_type=fused.device.type, enabled=False):
-            return self.classifier(fused)
+            logits = self.classifier(fused)
+        return (logits, sync) if with_sync else logits
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -118,13 +147,50 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def build_model(*, n_mfcc: int = 40, modality: str = "av", video_weights: str | Path | None = None) -> DeepfakeDetector:
+def build_model(*, n_mfcc: int = 40, modality: str = "av", video_weights: str | Path | None = None,
+                fusion: str = "concat", fps: float = 25.0, frames: int = 128, trunk_stride: int = 1,
+                sample_rate: int = 16000, sync_weights: str | Path | None = None) -> DeepfakeDetector:
     """Build the detector; `video_weights` optionally initialises the R(2+1)D trunk from a
-    local file (a torchvision r2plus1d_18 state dict; its fc layer is not used)."""
-    model = DeepfakeDetector(n_mfcc=n_mfcc, modality=modality)
+    local file (a torchvision r2plus1d_18 state dict; its fc layer is not used);
+    `sync_weights` initialises a sync model's sync branch from an avlib checkpoint (e.g. the
+    best.pt of an `objective: sync` run). fps and frames matter only for fusion='sync' (raises
+    ParameterError naming `fps` or `frames` when they cannot follow lips)."""
+    model = DeepfakeDetector(n_mfcc=n_mfcc, modality=modality, fusion=fusion, fps=fps, frames=frames,
+                             trunk_stride=trunk_stride, sample_rate=sample_rate)
     if video_weights:
         load_video_weights(model, video_weights)
+    if sync_weights:
+        load_sync_weights(model, sync_weights)
     return model
+
+
+def model_kwargs(config: dict) -> dict:
+    """build_model's keyword arguments from a model_config (old checkpoints: concat)."""
+    kwargs = {"n_mfcc": config["n_mfcc"], "modality": config["modality"], "fusion": config.get("fusion", "concat"),
+              "trunk_stride": config.get("trunk_stride", 1)}
+    if kwargs["fusion"] == "sync":
+        kwargs.update(fps=config["fps"], frames=config["frames"], sample_rate=config.get("sample_rate", 16000))
+    return kwargs
+
+
+def load_sync_weights(model: DeepfakeDetector, path: str | Path) -> None:
+    """Initialise the sync branch from an avlib checkpoint of a sync model (keys `sync.*`).
+
+    Raises ValueError when the model or the checkpoint has no sync branch, or shapes differ."""
+    if model.fusion != "sync":
+        raise ValueError("parameter `sync_weights` needs fusion='sync'")
+    from avlib.checkpoint import load_checkpoint
+
+    state = load_checkpoint(path)
+    weights = state.get("model", state)
+    branch = {k[len("sync."):]: v for k, v in weights.items() if k.startswith("sync.")}
+    if not branch:
+        raise ValueError(f"{path}: holds no sync branch (train one with fusion: sync, or objective: sync)")
+    try:
+        model.sync.load_state_dict(branch)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: its sync branch does not fit this model ({str(e).splitlines()[0]}); "
+                         f"was it trained at another fps or frames?") from e
 
 
 def load_video_weights(model: DeepfakeDetector, path: str | Path) -> None:
@@ -149,8 +215,11 @@ def load_video_weights(model: DeepfakeDetector, path: str | Path) -> None:
 
 def model_config(model: DeepfakeDetector) -> dict:
     """The plain-data description a checkpoint carries, enough to rebuild the model."""
-    return {"n_mfcc": model.audio_encoder.lstm.input_size, "modality": model.modality,
-            "parameters": count_parameters(model)}
+    config = {"n_mfcc": model.audio_encoder.lstm.input_size, "modality": model.modality,
+              "parameters": count_parameters(model), "fusion": model.fusion, "trunk_stride": model.trunk_stride}
+    if model.fusion == "sync":
+        config.update(model.sync_config)
+    return config
 
 
 def video_to_model_input(video: torch.Tensor, device: torch.device, *, channels_last: bool = True) -> torch.Tensor:

@@ -28,6 +28,11 @@ def _positive(name, value):
         raise ParameterError(f"parameter `{name}` must be a number > 0, got {value!r}")
 
 
+def _nonnegative(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ParameterError(f"parameter `{name}` must be a number >= 0, got {value!r}")
+
+
 def _fraction(name, value):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
         raise ParameterError(f"parameter `{name}` must be a number in [0, 1), got {value!r}")
@@ -48,6 +53,34 @@ def _device(name, value):
 def _bool(name, value):
     if not isinstance(value, bool):
         raise ParameterError(f"parameter `{name}` must be true or false, got {value!r}")
+
+
+def _external_sets(name, value):
+    from avlib.evaluate import external_sets
+
+    if not isinstance(value, str):
+        raise ParameterError(f"parameter `{name}` must be a string of comma-separated cache folders, got {value!r}")
+    try:
+        external_sets(value)
+    except ValueError as err:
+        raise ParameterError(str(err)) from None
+
+
+def _amp(name, value):
+    if not (isinstance(value, bool) or value == "auto"):
+        raise ParameterError(f"parameter `{name}` must be true, false or auto, got {value!r}")
+
+
+def _styles(name, value):
+    from avlib.synthetic_styles import STYLES, parse_styles
+
+    try:
+        if not isinstance(value, str):
+            raise ValueError(value)
+        parse_styles(value)
+    except ValueError:
+        raise ParameterError(f"parameter `{name}` must be comma-separated distinct styles among "
+                             f"{', '.join(STYLES)}; got {value!r}") from None
 
 
 def _name(name, value):
@@ -78,9 +111,11 @@ RULES = {
     "val_fraction": _fraction,
     "test_fraction": _fraction,
     "identities": lambda n, v: _int(n, v, 1),
+    "corpus_styles": _styles,
+    "audio_swap": _bool,
     "resume": _bool,
     "deterministic": _bool,
-    "amp": _bool,
+    "amp": _amp,
     "channels_last": _bool,
     "compile": _bool,
     "keep_last": lambda n, v: _int(n, v, 0),
@@ -88,6 +123,12 @@ RULES = {
     "select_metric": _choice(SELECT_METRICS),
     "split": _choice(SPLITS),
     "modality": _choice(("av", "video", "audio")),
+    "fusion": _choice(("concat", "sync")),
+    "trunk_stride": lambda n, v: _int(n, v, 1),
+    "objective": _choice(("classify", "sync")),
+    "sync_weight": _nonnegative,
+    "live_curves": _bool,
+    "external_cache_dirs": _external_sets,
 }
 
 
@@ -102,6 +143,11 @@ def check(**params) -> dict:
             rule(name, value)
     if "shard" in params and "num_shards" in params and params["shard"] >= params["num_shards"]:
         raise ParameterError(f"parameter `shard` must be < num_shards ({params['num_shards']}), got {params['shard']}")
+    if params.get("dataset") == "synthetic" and "corpus_styles" in params and "identities" in params:
+        n_styles = len(params["corpus_styles"].split(","))
+        if params["identities"] < max(2, n_styles):
+            raise ParameterError(f"parameter `identities` ({params['identities']}) must be at least 2 and at least "
+                                 f"the number of corpus_styles ({n_styles}) for dataset synthetic")
     if params.get("val_fraction", 0) + params.get("test_fraction", 0) >= 1:
         raise ParameterError("parameters `val_fraction` + `test_fraction` must leave some clips for training")
     return params

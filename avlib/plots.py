@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import confusion_matrix, precision_recall_curve, roc_curve  # noqa: E402
 
 from avlib.paths import write_csv  # noqa: E402
@@ -79,16 +80,21 @@ def plot_precision_recall(pred: pd.DataFrame, folder: Path, ap: float) -> Path:
                                                                 "threshold": thr}))
 
 
-def plot_training_curves(history: pd.DataFrame, folder: Path) -> Path:
-    """Loss, accuracy and AUC per epoch, train and validation."""
+def plot_training_curves(history: pd.DataFrame, folder: Path, kept_epoch: int | None = None) -> Path:
+    """Loss, accuracy and AUC per epoch, train and validation, on integer epoch ticks; a
+    dashed line marks `kept_epoch` (the weights best.pt holds) when given."""
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for ax, metric in zip(axes, ("loss", "accuracy", "auc")):
         for split in ("train", "val"):
             col = f"{split}_{metric}"
             if col in history:
                 ax.plot(history["epoch"], history[col], marker="o", ms=3, label=split)
+        if kept_epoch is not None:
+            ax.axvline(kept_epoch, color="grey", ls="--", lw=1, label=f"kept (epoch {kept_epoch})")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set(xlabel="epoch", title=metric)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     return _save(fig, folder, "training_curves", history)
 
 
@@ -122,3 +128,51 @@ def plot_reliability(pred: pd.DataFrame, folder: Path, bins: int = 10) -> Path:
     ax.plot(table["mean_p"], table["frac_fake"], marker="o")
     ax.set(xlabel="mean P(fake) in bin", ylabel="fraction fake", title="Reliability (test)", xlim=(0, 1), ylim=(0, 1))
     return _save(fig, folder, "reliability", table)
+
+
+def plot_roc_overlay(sets: dict[str, pd.DataFrame], folder: Path) -> Path:
+    """roc_external.png: one ROC curve per evaluated set (in-domain test and each external set;
+    predictions with columns label and p_fake), its AUC in the legend. Sets with one class have
+    no ROC and are left out (listed in the title)."""
+    from sklearn.metrics import roc_auc_score
+
+    fig, ax = plt.subplots(figsize=(5.5, 5.5))
+    rows, skipped = [], []
+    for name, pred in sets.items():
+        if pred["label"].nunique() < 2:
+            skipped.append(name)
+            continue
+        fpr, tpr, thr = roc_curve(pred["label"], pred["p_fake"])
+        auc = roc_auc_score(pred["label"], pred["p_fake"])
+        ax.plot(fpr, tpr, lw=2, label=f"{name}: AUC {auc:.3f} (n={len(pred)})")
+        rows.append(pd.DataFrame({"set": name, "auc": auc, "fpr": fpr, "tpr": tpr, "threshold": thr}))
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
+    title = "ROC: in-domain and external sets" + (f"\n(no ROC, one class: {', '.join(skipped)})" if skipped else "")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title)
+    ax.legend(loc="lower right", fontsize=8)
+    table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["set", "auc", "fpr", "tpr"])
+    return _save(fig, folder, "roc_external", table)
+
+
+def plot_sync_scores(sets: dict[str, pd.DataFrame], folder: Path) -> Path:
+    """sync_scores.png: the real-only sync score (high = lips and voice disagree) per category, one
+    panel per evaluated set (predictions with columns category, sync_score), with the score's AUC
+    of each fake category against the set's real clips in the legend."""
+    from sklearn.metrics import roc_auc_score
+
+    fig, axes = plt.subplots(1, len(sets), figsize=(5.5 * len(sets), 3.8), squeeze=False)
+    rows = []
+    for ax, (name, pred) in zip(axes[0], sets.items()):
+        real = pred[pred["label"] == 0]
+        for category, group in pred.groupby("category"):
+            auc = ""
+            if group["label"].iloc[0] == 1 and len(real):
+                both = pd.concat([real, group])
+                auc = f", AUC {roc_auc_score(both['label'], both['sync_score']):.2f}"
+            sns.kdeplot(group["sync_score"], ax=ax, label=f"{category} (n={len(group)}{auc})", fill=True, alpha=0.2,
+                        warn_singular=False, cut=0)
+            rows += [{"eval_set": name, "category": category, "clip_id": c, "sync_score": s}
+                     for c, s in zip(group["clip_id"], group["sync_score"])]
+        ax.set(title=f"sync score, {name}", xlabel="mean -log p(offset 0)   (high: out of sync)")
+        ax.legend(fontsize=7)
+    return _save(fig, folder, "sync_scores", pd.DataFrame(rows))

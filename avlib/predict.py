@@ -3,6 +3,7 @@
     python -m avlib.predict PATH [PATH ...] --checkpoint results/demo/checkpoints/best.pt
         [--csv scores.csv] [--json scores.json] [--windows windows.csv] [--timeline FOLDER]
         [--stride SECONDS] [--max-windows N] [--threshold T] [--device cpu]
+        [--max-file-mb MB] [--max-side PIXELS] [--max-duration SECONDS]
 
 PATH may be a file or a folder (searched recursively for video files). Each video is cut into
 windows of the length the model was trained on (frames / fps seconds, decoded exactly as
@@ -13,12 +14,19 @@ reported beside it for videos where only a part may be manipulated. The decision
 the one 04_evaluate chose on validation (read from the run's metrics.json next to the
 checkpoint folder) unless --threshold is given, else 0.5. Unreadable files are reported and
 the rest scored; the exit status is 1 when any file failed.
+
+Files from strangers: a file larger than --max-file-mb, with frames wider or taller than
+--max-side pixels, or lasting longer than --max-duration seconds is refused from its size and
+stream header, before any frame is decoded (the header probe itself runs with FFmpeg's
+max_pixels at the limit, and so does the decoder, in case the stream grows after its header).
+Windows are decoded in one thread, so memory does not grow with the machine's cores.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +34,55 @@ import pandas as pd
 import torch
 
 from avlib.indexers import VIDEO_EXTENSIONS
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """What predict accepts from a file; each limit is a command-line flag."""
+    max_file_mb: float = 4096.0     # --max-file-mb: size of the file, MiB
+    max_side: int = 4096            # --max-side: width or height of a frame, pixels
+    max_duration: float = 3600.0    # --max-duration: duration in the header, seconds
+
+
+class InputRefused(ValueError):
+    """A file is over one of the InputLimits; the message names the limit and its flag."""
+
+
+def check_input(path: Path, limits: InputLimits) -> float | None:
+    """Check `path` against `limits` from its size and stream header, decoding no frame beyond
+    the limit; returns its duration in seconds (None when the header has none).
+
+    Raises InputRefused naming the limit and its flag, DecodeError for unreadable files."""
+    import av
+
+    from avlib.decode import DecodeError
+
+    if not path.is_file():
+        raise DecodeError("file not found")
+    size_mb = path.stat().st_size / 2**20
+    if size_mb > limits.max_file_mb:
+        raise InputRefused(f"over --max-file-mb {limits.max_file_mb:g}: the file is {size_mb:,.1f} MiB "
+                           f"(nothing was read)")
+    side = limits.max_side
+    try:     # H.264's probe decodes a frame: max_pixels makes it refuse one over the limit instead
+        with av.open(str(path), options={"max_pixels": str(min(side * side, 2**31 - 1))}) as container:
+            if not container.streams.video:
+                raise DecodeError("no video stream (audio-only file)")
+            header = container.streams.video[0].codec_context
+            width, height = header.width, header.height
+            duration = container.duration / av.time_base if container.duration else None
+    except av.error.FFmpegError as e:
+        raise DecodeError(f"not a readable media file ({str(e).splitlines()[0][:200]})") from e
+    if max(width, height) > side:
+        raise InputRefused(f"over --max-side {side}: frames of {width}x{height} pixels (from the stream header; "
+                           f"no frame decoded)")
+    if not width or not height:
+        raise InputRefused(f"frame size unknown at --max-side {side}: the header gives none, and no frame of at "
+                           f"most {side}x{side} pixels decodes to tell")
+    if duration is not None and duration > limits.max_duration:
+        raise InputRefused(f"over --max-duration {limits.max_duration:g}: the file lasts {duration:,.0f} s "
+                           f"(no frame decoded)")
+    return duration
 
 
 def expand_paths(paths: list[str]) -> list[Path]:
@@ -47,32 +104,43 @@ def window_starts(duration: float | None, window_seconds: float, stride: float, 
     return [round(i * stride, 3) for i in range(min(n, max_windows))]
 
 
-def score_file(model, path: Path, cfg: dict, device, *, stride: float | None = None, max_windows: int = 32) -> pd.DataFrame:
-    """One row per window: start, end, p_fake, has_audio. Raises DecodeError for unreadable files."""
-    import av
-
+def score_file(model, path: Path, cfg: dict, device, *, stride: float | None = None, max_windows: int = 32,
+               limits: InputLimits = InputLimits(), amp: bool = False) -> pd.DataFrame:
+    """One row per window: start, end, p_fake, has_audio, and for a sync model the estimated
+    audio-visual offset (offset_frames, offset_ms; positive when the audio lags the video),
+    its confidence (peak minus median similarity, as SyncNet) and the sync score (under bf16 autocast with `amp`, for a
+    model made by inference_model(amp=True)). Raises InputRefused for a file over `limits`
+    (checked before decoding), DecodeError for unreadable files."""
     from avlib.decode import DecodeError, decode_clip
     from avlib.features import compute_mfcc
+    from avlib.evaluate import is_sync_model
     from avlib.model import video_to_model_input
 
+    sync = is_sync_model(model)
     window_seconds = cfg["frames"] / cfg["fps"]
-    try:
-        with av.open(str(path)) as container:
-            duration = container.duration / av.time_base if container.duration else None
-    except av.error.FFmpegError:
-        duration = None          # decode_clip below says why the file is unreadable
+    duration = check_input(path, limits)
     rows = []
     for start in window_starts(duration, window_seconds, stride or window_seconds, max_windows):
         clip = decode_clip(path, frames=cfg["frames"], size=cfg["size"], fps=cfg["fps"],
                            sample_rate=cfg.get("sample_rate", 16000), face_crop=cfg.get("face_crop", False),
-                           offset=start)
+                           offset=start, threads=1, max_pixels=limits.max_side ** 2)
         mfcc = compute_mfcc(clip.audio, cfg.get("sample_rate", 16000), cfg["n_mfcc"], cfg["mfcc_steps"])
         video = torch.from_numpy(np.ascontiguousarray(clip.video.transpose(3, 0, 1, 2)))[None]
-        with torch.no_grad():
-            logits = model(video_to_model_input(video, device), torch.from_numpy(mfcc)[None].to(device))
-        rows.append({"start": start, "end": round(start + window_seconds, 3),
-                     "p_fake": float(torch.softmax(logits.float(), 1)[0, 1]), "has_audio": clip.has_audio,
-                     "valid_frames": clip.valid_frames})
+        inputs = [video_to_model_input(video, device), torch.from_numpy(mfcc)[None].to(device)]
+        if sync:
+            inputs.append(torch.from_numpy(np.ascontiguousarray(clip.audio, np.float32))[None].to(device))
+        with torch.no_grad(), torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=amp):
+            out = model(*inputs, with_sync=True) if sync else model(*inputs)
+        logits, sync_out = out if sync else (out, None)
+        row = {"start": start, "end": round(start + window_seconds, 3),
+               "p_fake": float(torch.softmax(logits.float(), 1)[0, 1]), "has_audio": clip.has_audio,
+               "valid_frames": clip.valid_frames}
+        if sync_out is not None:     # positive: the audio lags the video
+            offset = int(sync_out["offset"][0])
+            row.update(offset_frames=offset, offset_ms=round(1000.0 * offset / cfg["fps"], 1),
+                       offset_confidence=round(float(sync_out["confidence"][0]), 4),
+                       sync_score=round(float(sync_out["score"][0]), 4))
+        rows.append(row)
         if clip.valid_frames < cfg["frames"]:
             break
     if not rows:
@@ -91,12 +159,22 @@ def plot_timeline(windows: pd.DataFrame, path: Path, title: str, threshold: floa
     from avlib import plots  # noqa: F401  (sets the headless backend and the theme)
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 2.8))
+    has_offset = "offset_ms" in windows
+    fig, axes = plt.subplots(2 if has_offset else 1, 1, figsize=(8, 4.6 if has_offset else 2.8), sharex=True,
+                             squeeze=False)
+    ax = axes[0, 0]
     mid = (windows["start"] + windows["end"]) / 2
     ax.plot(mid, windows["p_fake"], marker="o")
     ax.axhline(threshold, color="red", ls="--", lw=1, label=f"threshold {threshold:.2f}")
-    ax.set(ylim=(0, 1), xlabel="seconds", ylabel="P(fake)", title=title)
+    ax.set(ylim=(0, 1), xlabel="" if has_offset else "seconds", ylabel="P(fake)", title=title)
     ax.legend(loc="upper right", fontsize=8)
+    if has_offset:                     # the sync model's audio-visual offset per window, sized by its confidence
+        off = axes[1, 0]
+        conf = windows["offset_confidence"].clip(lower=0)
+        off.scatter(mid, windows["offset_ms"], s=20 + 200 * conf / max(float(conf.max()), 1e-6), zorder=3)
+        off.plot(mid, windows["offset_ms"], lw=1, alpha=0.5)
+        off.axhline(0, color="grey", lw=1)
+        off.set(xlabel="seconds", ylabel="offset (ms)\n+ audio lags")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -108,7 +186,7 @@ def main(argv=None) -> int:
 
     from avlib.evaluate import load_detector
     from avlib.model import inference_model
-    from avlib.runtime import tune_allocator
+    from avlib.runtime import resolve_amp, tune_allocator
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", help="video files or folders")
@@ -121,7 +199,16 @@ def main(argv=None) -> int:
     parser.add_argument("--max-windows", type=int, default=32)
     parser.add_argument("--threshold", type=float)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--amp", default="auto", choices=["auto", "true", "false"],
+                        help="bf16 autocast; auto (default): only where the hardware computes in bf16 natively")
+    parser.add_argument("--max-file-mb", type=_positive(float), default=InputLimits.max_file_mb,
+                        help="refuse files larger than this many MiB (default %(default)g)")
+    parser.add_argument("--max-side", type=_positive(int), default=InputLimits.max_side,
+                        help="refuse frames wider or taller than this many pixels (default %(default)d)")
+    parser.add_argument("--max-duration", type=_positive(float), default=InputLimits.max_duration,
+                        help="refuse files lasting longer than this many seconds (default %(default)g)")
     args = parser.parse_args(argv)
+    limits = InputLimits(args.max_file_mb, args.max_side, args.max_duration)
 
     model, state = load_detector(args.checkpoint, args.device)
     cfg = state.get("preprocess")
@@ -130,18 +217,22 @@ def main(argv=None) -> int:
     threshold = args.threshold if args.threshold is not None else default_threshold(args.checkpoint)
     device = next(model.parameters()).device
     tune_allocator()
-    model = inference_model(model)            # fp32, BatchNorm folded: same scores, less work
+    amp = resolve_amp("auto" if args.amp == "auto" else args.amp == "true", device,
+                      log=lambda line: print(line, file=sys.stderr))
+    model = inference_model(model, amp=amp)   # BatchNorm folded: same scores, less work
     results, all_windows = [], []
     for path in tqdm(expand_paths(args.paths), desc="scoring", unit="video"):
         try:
-            windows = score_file(model, path, cfg, device, stride=args.stride, max_windows=args.max_windows)
+            windows = score_file(model, path, cfg, device, stride=args.stride, max_windows=args.max_windows,
+                                 limits=limits, amp=amp)
         except Exception as e:  # noqa: BLE001 - one unreadable file must not stop the others; it is reported
             results.append({"path": str(path), "p_fake": np.nan, "p_fake_max": np.nan, "label": "ERROR",
                             "windows": 0, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"})
             continue
         p = float(windows["p_fake"].mean())
         results.append({"path": str(path), "p_fake": round(p, 4), "p_fake_max": round(float(windows["p_fake"].max()), 4),
-                        "label": "FAKE" if p >= threshold else "REAL", "windows": len(windows), "error": ""})
+                        "label": "FAKE" if p >= threshold else "REAL", "windows": len(windows), "error": "",
+                        **({"offset_ms_median": float(windows["offset_ms"].median())} if "offset_ms" in windows else {})})
         all_windows.append(windows.assign(path=str(path)))
         if args.timeline:
             plot_timeline(windows, args.timeline / f"{path.stem}_timeline.png", path.name, threshold)
@@ -149,6 +240,8 @@ def main(argv=None) -> int:
     with pd.option_context("display.max_colwidth", 60, "display.width", 160):
         print(f"threshold {threshold:.3f}")
         print(table.to_string(index=False))
+    for row in table[table["label"] == "ERROR"].itertuples():
+        print(f"{row.path}: {row.error}", file=sys.stderr)
     if args.csv:
         table.to_csv(args.csv, index=False)
     if args.json:
@@ -156,6 +249,17 @@ def main(argv=None) -> int:
     if args.windows and all_windows:
         pd.concat(all_windows).to_csv(args.windows, index=False)
     return 1 if (table["label"] == "ERROR").any() else 0
+
+
+def _positive(kind):
+    """An argparse type: a number of `kind` > 0 (argparse names the flag when it is not)."""
+    def parse(text: str):
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
 
 
 if __name__ == "__main__":

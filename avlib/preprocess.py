@@ -14,8 +14,8 @@ import pandas as pd
 
 from avlib import cache
 from avlib.decode import SAMPLE_RATE, decode_clip
-from avlib.features import compute_mfcc
-from avlib.paths import write_csv
+from avlib.features import compute_mfcc, waveform_to_int16
+from avlib.paths import is_disk_full, write_csv
 from avlib.splits import assign_splits, split_summary
 
 
@@ -26,9 +26,11 @@ def settings(*, frames: int, size: int, fps: float, n_mfcc: int, mfcc_steps: int
                 sample_rate=sample_rate, window=window, skip_silence=skip_silence, face_crop=face_crop)
 
 
-def process_file(path: str | Path, config: dict) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Decode one file and compute its features: (video (3,T,H,W) uint8, mfcc (S,n) float32, meta).
-    Raises DecodeError (or an FFmpeg/OS error) for unusable files."""
+def process_file(path: str | Path, config: dict) -> tuple[np.ndarray, np.ndarray, dict, np.ndarray]:
+    """Decode one file and compute its features: (video (3,T,H,W) uint8, mfcc (S,n) float32, meta,
+    waveform (N,) int16 of the same seconds). Raises DecodeError (or an FFmpeg/OS error) for
+    unusable files."""
+
     clip = decode_clip(path, frames=config["frames"], size=config["size"], fps=config["fps"],
                        sample_rate=config["sample_rate"], window=config["window"],
                        skip_silence=config["skip_silence"], face_crop=config["face_crop"],
@@ -36,7 +38,7 @@ def process_file(path: str | Path, config: dict) -> tuple[np.ndarray, np.ndarray
     mfcc = compute_mfcc(clip.audio, config["sample_rate"], config["n_mfcc"], config["mfcc_steps"])
     meta = dict(valid_frames=int(clip.valid_frames), has_audio=bool(clip.has_audio),
                 start_seconds=round(float(clip.start_seconds), 3), **shortcut_features(clip.audio, config["sample_rate"]))
-    return clip.video.transpose(3, 0, 1, 2), mfcc, meta
+    return clip.video.transpose(3, 0, 1, 2), mfcc, meta, waveform_to_int16(clip.audio)
 
 
 def shortcut_features(audio: np.ndarray, sample_rate: int) -> dict:
@@ -85,10 +87,12 @@ def _process_task(task: tuple) -> tuple[str, str | None]:
     """Cache one clip; returns (clip_id, None) or (clip_id, reason). Runs in a worker process."""
     src, rel, cid, config, cache_dir = task
     try:
-        video, mfcc, meta = process_file(src, config)
-        cache.write_clip(Path(cache_dir), cid, video, mfcc, meta)
+        video, mfcc, meta, waveform = process_file(src, config)
+        cache.write_clip(Path(cache_dir), cid, video, mfcc, meta, waveform)
         return cid, None
     except Exception as e:  # noqa: BLE001 - one bad file must not stop the run; the reason is kept
+        if is_disk_full(e):
+            raise               # a full disk is no fault of the file: stop, keeping the clips written so far
         reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no message'}"[:300]
         cache.write_failure(Path(cache_dir), cid, rel, reason)
         return cid, reason
@@ -112,7 +116,7 @@ def preprocess(records: pd.DataFrame, data_dir: str | Path, cache_dir: str | Pat
                test_fraction: float = 0.15, seed: int = 0, progress: bool = True) -> dict:
     """Split `records`, cache every clip of this shard that is not cached yet, rebuild
     index.csv and failures.csv, and return the report (counts, failures, speed, bytes)."""
-    from tqdm.auto import tqdm
+    from avlib.progress import ProgressLines
 
     t_start = time.perf_counter()
     cache_dir = cache.open_cache(cache_dir, config)
@@ -123,7 +127,7 @@ def preprocess(records: pd.DataFrame, data_dir: str | Path, cache_dir: str | Pat
              for r in records.itertuples() if in_shard(r.clip_id, shard, num_shards)
              and not cache.is_cached(cache_dir, r.clip_id)]
     failed_now = 0
-    bar = tqdm(total=len(tasks), desc="preprocess", unit="clip", disable=not progress)
+    bar = ProgressLines("preprocess", len(tasks), enabled=progress)
     if workers > 1 and len(tasks) > 1:
         with worker_context().Pool(min(workers, len(tasks)), initializer=_worker_init) as pool:
             for _, reason in pool.imap_unordered(_process_task, tasks):
@@ -136,7 +140,6 @@ def preprocess(records: pd.DataFrame, data_dir: str | Path, cache_dir: str | Pat
             for task in tasks:
                 failed_now += _process_task(task)[1] is not None
                 bar.update()
-    bar.close()
     seconds = time.perf_counter() - t_start
     index, failures = cache.rebuild_tables(cache_dir, records)
     sizes = [cache.clip_bytes(cache_dir, c) for c in index["clip_id"][:200]]
@@ -176,8 +179,10 @@ def write_dummy_cache(cache_dir: str | Path, config: dict, *, n: int = 48, seed:
         if not cache.is_cached(cache_dir, cid):
             video = rng.integers(0, 256, shape, dtype=np.uint8)
             mfcc = rng.normal(0, 1, (config["mfcc_steps"], config["n_mfcc"])).astype(np.float32)
+            n_samples = int(round(config["frames"] / config["fps"] * config["sample_rate"]))
+            waveform = rng.integers(-3000, 3000, n_samples, dtype=np.int16)
             cache.write_clip(cache_dir, cid, video, mfcc, dict(valid_frames=config["frames"], has_audio=True, start_seconds=0.0,
-                                                               lead_silence=0.0, audio_rms_db=-20.0))
+                                                               lead_silence=0.0, audio_rms_db=-20.0), waveform)
     index, failures = cache.rebuild_tables(cache_dir, records)
     return {"cache_dir": str(cache_dir), "settings": config, "clips_indexed": n, "clips_cached": len(index),
             "clips_failed": len(failures), "per_split": split_summary(index),

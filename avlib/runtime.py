@@ -1,8 +1,10 @@
-"""Process-wide settings that make PyTorch on the CPU waste less time outside the kernels."""
+"""Process-wide settings that make PyTorch on the CPU waste less time outside the kernels, and
+the precision the hardware runs fastest (`resolve_amp`)."""
 from __future__ import annotations
 
 import ctypes
 import sys
+from pathlib import Path
 
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 _TUNED = False
@@ -32,3 +34,59 @@ def tune_allocator() -> bool:
     _TUNED = bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20) and mallopt(_M_TRIM_THRESHOLD, 1 << 30)
                   and mallopt(_M_TOP_PAD, 256 << 20))
     return _TUNED
+
+
+# CPU flags (Linux /proc/cpuinfo) of instructions that compute in bf16. Without them oneDNN
+# emulates bf16 and autocast is two orders of magnitude slower than fp32 (DESIGN.md).
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_bf16_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> list[str]:
+    """The NATIVE_BF16_FLAGS this CPU reports; [] when it reports none or `cpuinfo` is unreadable
+    (macOS, Windows)."""
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return []
+    flags = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            flags.update(value.split())
+    return [f for f in NATIVE_BF16_FLAGS if f in flags]
+
+
+def resolve_amp(amp: bool | str, device, *, cpuinfo: str | Path = "/proc/cpuinfo", log=None) -> bool:
+    """Whether to run bf16 autocast on `device` (a torch.device or its name).
+
+    amp=True or False is returned as given; amp="auto" is True where the hardware computes in
+    bf16 natively: a CUDA device that supports bf16, or a CPU with avx512_bf16 or amx_bf16
+    (read from `cpuinfo`); else False (fp32). With `log`, one line says what was chosen and why.
+    Raises ParameterError for any other `amp`."""
+    import torch
+
+    from avlib.params import check
+
+    check(amp=amp)
+    device = torch.device(device)
+    if device.type == "cuda":
+        native = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        name = torch.cuda.get_device_name(device) if torch.cuda.is_available() else "CUDA"
+        hardware = f"{name} {'computes' if native else 'does not compute'} in bf16"
+    elif device.type == "cpu":
+        flags = cpu_bf16_flags(cpuinfo)
+        native = bool(flags)
+        hardware = f"this CPU has {' and '.join(flags)}" if native else "this CPU has no avx512_bf16 or amx_bf16"
+    else:
+        native, hardware = False, f"{device.type}: bf16 not known to be native"
+    chosen = native if amp == "auto" else amp
+    if log is not None:
+        how = "bf16 autocast" if chosen else "fp32"
+        if amp == "auto":
+            log(f"precision: {how} (amp: auto, {hardware})")
+        elif amp and not native:
+            log(f"warning: amp: true, but {hardware}: bf16 is emulated, about 100x slower than fp32; "
+                f"set amp: auto or false")
+        else:
+            log(f"precision: {how} (amp: {str(amp).lower()})")
+    return chosen

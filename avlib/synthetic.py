@@ -8,13 +8,19 @@ face whose mouth follows the speech envelope of a source-filter voice. The manip
 - fake video (FVRA, FVFA): a re-rendered face region (blend seam, blur, colour shift,
   frame-to-frame flicker), its lips re-synced to the voice that is heard; 'wav2lip' re-renders
   the mouth region only.
-The strength of each artifact is drawn per clip (audio 0.35-1, video 0.5-1), so some fakes
-are subtle. Deterministic for
-a given seed. `leading_silence` > 0 prepends that many seconds of silence to fake audio,
-reproducing FakeAVCeleb's known shortcut (DESIGN.md) for audits.
+The strength of each artifact is drawn per clip (audio 0.35-1, video 0.5-1 in the studio
+style), so some fakes are subtle. Deterministic for a given seed. `leading_silence` > 0 prepends
+that many seconds of silence to fake audio, reproducing FakeAVCeleb's known shortcut
+(DESIGN.md) for audits.
+
+`styles` (avlib.synthetic_styles) chooses the generators: identities are dealt to them in
+turn, each clip's style is written to styles.csv beside meta_data.csv, and the `synthetic`
+indexer puts it in a `style` column. `audio_swap` makes an evaluation corpus instead: every
+identity's real clip, and the same video carrying another identity's real audio.
 """
 from __future__ import annotations
 
+import json
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -26,6 +32,9 @@ import pandas as pd
 from scipy.signal import lfilter
 
 from avlib.paths import atomic_write_bytes, read_json, write_json
+from avlib.synthetic_styles import (STYLES, Style, camera_box, camera_path, capture, grain_path, lit_shade,
+                                    manipulate_face, parse_styles, vocode)
+from avlib.synthetic_styles import background as style_background
 
 ROOT_NAME = "FakeAVCeleb_v1.2"
 CATEGORIES = {  # folder -> (letter in meta_data.csv, fake video, fake audio)
@@ -38,6 +47,7 @@ RACES = ("African", "Asian (East)", "Asian (South)", "Caucasian (American)", "Ca
 VIDEO_METHODS = ("faceswap", "fsgan", "wav2lip")
 AV_METHODS = ("faceswap-wav2lip", "fsgan-wav2lip")
 MARKER = ".avlib-synthetic.json"
+STYLES_CSV = "styles.csv"      # path (below the corpus root), style: read by the `synthetic` indexer
 SAMPLE_RATE = 16000
 VOWELS = ((730, 1090), (270, 2290), (300, 870), (530, 1840), (660, 1720), (490, 1350), (640, 1190))
 
@@ -50,11 +60,25 @@ class CorpusSpec:
     size: int = 96
     seed: int = 0
     leading_silence: float = 0.0
+    styles: tuple[str, ...] = ("studio",)    # generator styles; a comma-separated string is accepted
+    audio_swap: bool = False                 # an evaluation corpus of real clips and audio-swapped copies
+
+    def __post_init__(self):
+        if isinstance(self.styles, (str, list)):
+            object.__setattr__(self, "styles", tuple(s.strip() for s in self.styles.split(","))
+                               if isinstance(self.styles, str) else tuple(self.styles))
 
     def check(self) -> None:
         if isinstance(self.identities, bool) or not isinstance(self.identities, int) or self.identities < 2:
             raise ValueError(f"parameter `identities` must be an integer >= 2 (one for the fake's source, "
                              f"one for its target), got {self.identities!r}")
+        try:
+            parse_styles(self.styles)
+        except ValueError as e:
+            raise ValueError(f"parameter `styles`: {e}") from None
+        if self.identities < len(self.styles):
+            raise ValueError(f"parameter `identities` ({self.identities}) must be at least the number of "
+                             f"styles ({len(self.styles)}: {', '.join(self.styles)})")
         if not self.seconds > 0:
             raise ValueError(f"parameter `seconds` (clip duration) must be > 0, got {self.seconds!r}")
         if not self.fps > 0:
@@ -66,16 +90,26 @@ class CorpusSpec:
 
 
 def plan_corpus(spec: CorpusSpec) -> list[dict]:
-    """The deterministic list of clips (one dict per meta_data.csv row) for `spec`."""
+    """The deterministic list of clips (one dict per meta_data.csv row) for `spec`. Identities
+    are dealt to the styles in turn; a fake's target (an audio swap's donor) has the source's
+    style when that style has two identities or more."""
     rng = np.random.default_rng([spec.seed, 7])
     rows = []
+    n_styles = len(spec.styles)
     for i in range(spec.identities):
         ident = f"id{10000 + i:05d}"
         race, gender = RACES[i % len(RACES)], ("men", "women")[(i // len(RACES)) % 2]
-        target = f"id{10000 + (i + 1 + int(rng.integers(spec.identities - 1))) % spec.identities:05d}"
-        if target == ident:
-            target = f"id{10000 + (i + 1) % spec.identities:05d}"
-        base = dict(source=ident, race=race, gender=gender)
+        peers = range(i % n_styles, spec.identities, n_styles)
+        peers = peers if len(peers) > 1 else range(spec.identities)
+        target = f"id{10000 + peers[(peers.index(i) + 1 + int(rng.integers(len(peers) - 1))) % len(peers)]:05d}"
+        base = dict(source=ident, race=race, gender=gender, style=spec.styles[i % n_styles])
+        if spec.audio_swap:
+            rows.append(dict(base, target1="-", target2="-", method="real", folder="RealVideo-RealAudio",
+                             file="00000.mp4", sentence=0, fake_video=False, fake_audio=False))
+            rows.append(dict(base, target1="-", target2=target, method="audioswap", folder="RealVideo-FakeAudio",
+                             file=f"00000_{target}_audioswap.mp4", sentence=0, fake_video=False,
+                             fake_audio=False, audio_from=target))
+            continue
         for k in range(2):
             rows.append(dict(base, target1="-", target2="-", method="real", folder="RealVideo-RealAudio",
                              file=f"{k:05d}.mp4", sentence=k, fake_video=False, fake_audio=False))
@@ -90,8 +124,8 @@ def plan_corpus(spec: CorpusSpec) -> list[dict]:
                          file=f"00000_{target}_{am}.mp4", sentence=0, fake_video=True, fake_audio=True))
     for j, row in enumerate(rows):
         row["clip_seed"] = j
-        row["strength_video"] = float(rng.uniform(0.5, 1.0))
-        row["strength_audio"] = float(rng.uniform(0.35, 1.0))
+        row["strength_video"] = float(rng.uniform(*STYLES[row["style"]].strength_video))
+        row["strength_audio"] = float(rng.uniform(*STYLES[row["style"]].strength_audio))
     return rows
 
 
@@ -110,19 +144,21 @@ def generate_corpus(data_dir: str | Path, spec: CorpusSpec = CorpusSpec(), *, wo
     root = data_dir / ROOT_NAME
     root.mkdir(parents=True, exist_ok=True)
     marker = root / MARKER
-    if marker.exists() and read_json(marker) != asdict(spec):
+    made = _spec_record(spec)
+    # A marker written before a CorpusSpec field existed was made with that field's default.
+    if marker.exists() and {**_spec_record(CorpusSpec()), **read_json(marker)} != made:
         raise FileExistsError(f"{root} holds a synthetic corpus made with {read_json(marker)}; "
-                              f"choose another data_dir for {asdict(spec)}")
-    write_json(marker, asdict(spec))
+                              f"choose another data_dir for {made}")
+    write_json(marker, made)
     rows = plan_corpus(spec)
     todo = [r for r in rows if not (root / _rel_dir(r) / r["file"]).exists()]
     for tmp in root.rglob(".*.tmp.mp4"):    # left by a run that was killed mid-write
         tmp.unlink()
     if todo:
-        from tqdm.auto import tqdm
+        from avlib.progress import ProgressLines
 
         jobs = [(str(root), spec, r) for r in todo]
-        bar = tqdm(total=len(jobs), desc="synthetic clips", disable=not progress)
+        bar = ProgressLines("synthetic corpus", len(jobs), enabled=progress)
         from avlib.preprocess import worker_context
 
         # Always in worker processes, even for workers=1: a process that has run torch may have
@@ -132,9 +168,26 @@ def generate_corpus(data_dir: str | Path, spec: CorpusSpec = CorpusSpec(), *, wo
         with ProcessPoolExecutor(max(1, workers), mp_context=worker_context()) as pool:
             for _ in pool.map(_write_clip_job, jobs, chunksize=4):
                 bar.update()
-        bar.close()
     _write_metadata(root, rows)
+    atomic_write_bytes(root / STYLES_CSV, pd.DataFrame({
+        "path": [(_rel_dir(r) / r["file"]).as_posix() for r in rows],
+        "style": [r["style"] for r in rows]}).to_csv(index=False).encode())
     return root
+
+
+def _spec_record(spec: CorpusSpec) -> dict:
+    """The spec as its JSON marker holds it (tuples as lists)."""
+    return json.loads(json.dumps(asdict(spec)))
+
+
+def clip_fps(spec: CorpusSpec, style: Style) -> float:
+    """The source frame rate of a clip of `style`."""
+    return style.fps or spec.fps
+
+
+def identity_style(spec: CorpusSpec, ident: str) -> Style:
+    """The style an identity is dealt (in turn, by its number)."""
+    return STYLES[spec.styles[(int(ident[2:]) - 10000) % len(spec.styles)]]
 
 
 def _rel_dir(row: dict) -> Path:
@@ -165,14 +218,17 @@ def _write_clip_job(job) -> None:
     frames, audio = render_clip(spec, row)
     final = Path(root) / _rel_dir(row) / row["file"]
     tmp = final.with_name(f".{final.stem}.tmp.mp4")
-    write_video(tmp, frames, spec.fps, audio, SAMPLE_RATE)
+    style = STYLES[row["style"]]
+    write_video(tmp, frames, clip_fps(spec, style), audio, SAMPLE_RATE, crf=style.crf)
     os.replace(tmp, final)
 
 
 # ---------------------------------------------------------------- identities and voices
 
 def identity_traits(spec: CorpusSpec, ident: str) -> dict:
-    """Face, voice, background and motion of one identity (deterministic)."""
+    """Face, voice, background and motion of one identity (deterministic), drawn from the
+    ranges of its style."""
+    style = identity_style(spec, ident)
     rng = np.random.default_rng([spec.seed, int(ident[2:])])
     women = (int(ident[2:]) - 10000) // len(RACES) % 2 == 1
     return dict(
@@ -180,12 +236,12 @@ def identity_traits(spec: CorpusSpec, ident: str) -> dict:
         hair=rng.uniform(10, 120, 3),
         bg=(rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)),
         bg_angle=rng.uniform(0, np.pi),
-        head=(rng.uniform(0.22, 0.3), rng.uniform(0.3, 0.38)),   # semi-axes as fractions of the frame
+        head=(rng.uniform(*style.head_width), rng.uniform(*style.head_height)),   # semi-axes, frame fractions
         eye_gap=rng.uniform(0.08, 0.12),
-        sway=(rng.uniform(0.01, 0.04), rng.uniform(0.2, 0.8)),   # amplitude (frame fraction), Hz
-        f0=rng.uniform(170, 250) if women else rng.uniform(90, 140),
-        formant_shift=rng.uniform(0.9, 1.15),
-        rate=rng.uniform(3.0, 5.0),                               # syllables per second
+        sway=(rng.uniform(0.01, 0.04) * style.sway, rng.uniform(0.2, 0.8)),   # amplitude (frame fraction), Hz
+        f0=rng.uniform(*style.f0_women) if women else rng.uniform(*style.f0_men),
+        formant_shift=rng.uniform(*style.formants),
+        rate=rng.uniform(*style.rate),                            # syllables per second
         texture_seed=int(rng.integers(1 << 30)),
     )
 
@@ -212,23 +268,27 @@ def envelope(sylls, n: int, rate: float) -> np.ndarray:
     return env
 
 
-def speak(rng, sylls, seconds: float, f0: float, formant_shift: float, *, vocoder: float = 0.0) -> np.ndarray:
+def speak(rng, sylls, seconds: float, f0: float, formant_shift: float, *, vocoder: float = 0.0,
+          style: Style = STYLES["studio"]) -> np.ndarray:
     """Source-filter speech: a glottal pulse train through two formant resonators per
-    syllable. vocoder > 0 flattens the pitch, smears the phase and limits the band."""
+    syllable, with the timbre of `style`. vocoder > 0 flattens the pitch and adds the clone
+    artifacts of the style's vocoder (the studio's: smeared phase, band limit, buzz)."""
     n = int(seconds * SAMPLE_RATE)
     t = np.arange(n) / SAMPLE_RATE
     jitter = (1 - vocoder) * (0.04 * np.sin(2 * np.pi * 5.5 * t) + 0.03 * np.cumsum(rng.normal(0, 0.002, n)))
     pitch = f0 * (1 + np.clip(jitter, -0.15, 0.15) + 0.08 * (1 - vocoder) * np.sin(2 * np.pi * 0.7 * t))
     phase = np.cumsum(pitch / SAMPLE_RATE)
     source = (np.diff(np.floor(phase), prepend=0) > 0).astype(np.float64)
-    source = lfilter([1.0], [1, -0.95], source)            # glottal roll-off
+    source = lfilter([1.0], [1, -style.rolloff], source)            # glottal roll-off
+    if style.breath:
+        source = source + style.breath * source.std() * rng.normal(0, 1, n)    # aspiration
     voice = np.zeros(n)
     for start, length, vowel in sylls:
         a, b = int(start * SAMPLE_RATE), min(n, int((start + length) * SAMPLE_RATE))
         if b <= a:
             continue
         seg = source[a:b]
-        for f, bw in zip(np.array(VOWELS[vowel]) * formant_shift, (80, 120)):
+        for f, bw in zip(np.array(VOWELS[vowel]) * formant_shift, (80 * style.bandwidth, 120 * style.bandwidth)):
             r = np.exp(-np.pi * bw / SAMPLE_RATE)
             seg = lfilter([1 - r], [1, -2 * r * np.cos(2 * np.pi * f / SAMPLE_RATE), r * r], seg)
         voice[a:b] = seg * np.sin(np.linspace(0, np.pi, b - a)) ** 0.7
@@ -237,7 +297,7 @@ def speak(rng, sylls, seconds: float, f0: float, formant_shift: float, *, vocode
         noise = np.diff(rng.normal(0, 1, burst + 1)) * 0.5
         voice[a:a + burst] += noise * np.hanning(burst) * np.abs(seg).max()
     if vocoder > 0:
-        voice = _vocode(rng, voice, vocoder)
+        voice = _vocode(rng, voice, vocoder) if style.vocoder == "phase" else vocode(style.vocoder, rng, voice, vocoder)
     voice = voice / (np.abs(voice).max() + 1e-9) * 0.5
     voice += rng.normal(0, 0.003, n)                      # room noise
     return voice.astype(np.float32)
@@ -262,33 +322,58 @@ def _vocode(rng, voice: np.ndarray, strength: float) -> np.ndarray:
 
 def render_clip(spec: CorpusSpec, row: dict) -> tuple[list[np.ndarray], np.ndarray]:
     """Frames (RGB uint8) and audio (float32, 16 kHz) of one planned clip."""
-    seconds, fps, size = spec.seconds, spec.fps, spec.size
+    style = STYLES[row["style"]]
+    seconds, size, fps = spec.seconds, spec.size, clip_fps(spec, style)
+    ident = int(row["source"][2:])
     src = identity_traits(spec, row["source"])
     # The spoken sentence of the source video: same seed for a real clip and the fakes made from it.
-    speech_rng = np.random.default_rng([spec.seed, int(row["source"][2:]), row["sentence"]])
-    real_sylls = syllables(speech_rng, seconds, src["rate"])
+    real_sylls = syllables(_speech_rng(spec, row["source"], row["sentence"]), seconds, src["rate"])
     clip_rng = np.random.default_rng([spec.seed, 1000003, row["clip_seed"]])
     if row["fake_audio"]:
         tgt = identity_traits(spec, row["target2"] if row["target2"] != "-" else row["target1"])
         heard_sylls = syllables(clip_rng, seconds, tgt["rate"])        # the clone's own timing
         audio = speak(clip_rng, heard_sylls, seconds, tgt["f0"], tgt["formant_shift"],
-                      vocoder=row["strength_audio"])
+                      vocoder=row["strength_audio"], style=style)
         if spec.leading_silence > 0:
             pad = int(spec.leading_silence * SAMPLE_RATE)
             audio = np.concatenate([clip_rng.normal(0, 1e-4, pad).astype(np.float32), audio])[:len(audio)]
             heard_sylls = [(s + spec.leading_silence, l, v) for s, l, v in heard_sylls]
     else:
-        heard_sylls = real_sylls
-        audio = speak(speech_rng, real_sylls, seconds, src["f0"], src["formant_shift"])
+        heard_sylls = real_sylls     # an audio swap's mouth still follows its own (unheard) sentence
+        audio = real_speech(spec, row.get("audio_from") or row["source"], row["sentence"])
     n_frames = int(round(seconds * fps))
     # Real video: the mouth follows the source sentence; a fake video's lips are re-synced to the heard voice.
     mouth = envelope(heard_sylls if row["fake_video"] else real_sylls, n_frames, fps)
-    frames = render_face(src, mouth, size, fps, np.random.default_rng([spec.seed, int(row["source"][2:]), 99, row["sentence"]]))
+    frames, boxes = render_face(src, mouth, size, fps, np.random.default_rng([spec.seed, ident, 99, row["sentence"]]),
+                                style=style, capture_rng=np.random.default_rng([spec.seed, ident, 98, row["sentence"]]))
     if row["fake_video"]:
         tgt = identity_traits(spec, row["target1"])
-        frames = rerender_face(frames, src, tgt, mouth, size, fps, clip_rng, row["strength_video"],
-                               mouth_only=row["method"] == "wav2lip")
+        mouth_only = row["method"] == "wav2lip"
+        if style.fake_video == "blend":
+            frames = rerender_face(frames, src, tgt, mouth, size, fps, clip_rng, row["strength_video"],
+                                   mouth_only=mouth_only)
+        else:
+            frames = manipulate_face(frames, boxes, style.fake_video, _skin_shift(src, tgt, row["strength_video"]),
+                                     clip_rng, row["strength_video"], mouth_only=mouth_only)
     return frames, audio
+
+
+def _speech_rng(spec: CorpusSpec, ident: str, sentence: int) -> np.random.Generator:
+    return np.random.default_rng([spec.seed, int(ident[2:]), sentence])
+
+
+def real_speech(spec: CorpusSpec, ident: str, sentence: int) -> np.ndarray:
+    """The real voice of `ident` saying `sentence` (float32, 16 kHz), as its real clip carries it."""
+    traits = identity_traits(spec, ident)
+    rng = _speech_rng(spec, ident, sentence)
+    sylls = syllables(rng, spec.seconds, traits["rate"])
+    return speak(rng, sylls, spec.seconds, traits["f0"], traits["formant_shift"], style=identity_style(spec, ident))
+
+
+def _skin_shift(src: dict, tgt: dict, strength: float) -> np.ndarray:
+    """The colour shift that moves the source's skin toward the target's."""
+    diff = tgt["skin"] - src["skin"]
+    return diff / max(np.linalg.norm(diff), 1e-6) * max(np.linalg.norm(diff) * 0.5, 60.0) * strength
 
 
 def _geometry(traits: dict, size: int, fps: float, i: int, rng_phase: float):
@@ -299,41 +384,60 @@ def _geometry(traits: dict, size: int, fps: float, i: int, rng_phase: float):
     return cx, cy, traits["head"][0] * size, traits["head"][1] * size
 
 
-def render_face(traits: dict, mouth: np.ndarray, size: int, fps: float, rng) -> list[np.ndarray]:
-    """A drawn talking face: background gradient, textured head, hair, eyes with blinks, and a
-    mouth whose opening follows `mouth` (one value per frame)."""
+def render_face(traits: dict, mouth: np.ndarray, size: int, fps: float, rng, *, style: Style = STYLES["studio"],
+                capture_rng=None) -> tuple[list[np.ndarray], list[tuple]]:
+    """A drawn talking face in `style`: background, textured and shaded head, hair, eyes with
+    blinks, and a mouth whose opening follows `mouth` (one value per frame), as the style's
+    camera records it (`capture_rng` draws its motion and grain). Returns the frames and the
+    face box (cx, cy, semi-width, semi-height) in each."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    g = (np.cos(traits["bg_angle"]) * xx + np.sin(traits["bg_angle"]) * yy) / size
-    g = np.clip((g - g.min()) / (np.ptp(g) + 1e-6), 0, 1)[..., None]
-    background = traits["bg"][0] * (1 - g) + traits["bg"][1] * g
+    background = style_background(style, traits, size, xx, yy)
     tex_rng = np.random.default_rng(traits["texture_seed"])
     texture = cv2.GaussianBlur(tex_rng.normal(0, 1, (2 * size, 2 * size)).astype(np.float32), (0, 0), 1.0) * 14
     phase = float(rng.uniform(0, 2 * np.pi))
     blinks = set(int(b) for b in rng.uniform(0, len(mouth), max(1, len(mouth) // 60)))
-    frames = []
+    cameras = camera_path(style, len(mouth), fps, size, capture_rng)
+    grains = grain_path(style, len(mouth), size, capture_rng)
+    # The studio draws in float64 as it always has (its bytes must not change); the others in
+    # float32 (faster), through a camera.
+    studio = style == STYLES["studio"]
+    skin = traits["skin"] if studio else traits["skin"].astype(np.float32)
+    if not studio:
+        background = background.astype(np.float32)
+    x, y = xx[:1], yy[:, :1]     # per-frame fields are sums of a row and a column term: broadcast them
+    frames, boxes = [], []
     for i, m in enumerate(mouth):
         cx, cy, ax, ay = _geometry(traits, size, fps, i, phase)
+        if not studio:
+            cx, cy, ax, ay = float(cx), float(cy), float(ax), float(ay)
         img = background.copy()
-        head = ((xx - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2 <= 1
+        u, v = (x - cx) / ax, (y - cy) / ay
+        p = style.head_power
+        head = u ** 2 + v ** 2 <= 1 if p == 2 else np.abs(u) ** p + np.abs(v) ** p <= 1
         ox, oy = int(size / 2 - cx + size / 2), int(size / 2 - cy + size / 2)
         tex = texture[oy:oy + size, ox:ox + size] if 0 <= ox <= size and 0 <= oy <= size else texture[:size, :size]
-        shade = 1 - 0.25 * ((xx - cx) / ax) ** 2
-        img[head] = (traits["skin"] * shade[..., None] + tex[..., None])[head]
-        hair = head & (yy < cy - 0.55 * ay)
+        shade = 1 - 0.25 * u ** 2 if style.shading == "side" else lit_shade(u, v, style.light)
+        img[head] = (skin * shade[..., None] + tex[..., None])[head]
+        hair = head & (y < cy - style.hair_line * ay)
         img[hair] = traits["hair"]
         eye_open = 0.3 if (i in blinks or i - 1 in blinks) else 1.0
         for side in (-1, 1):
             ex, ey = cx + side * traits["eye_gap"] * size, cy - 0.2 * ay
-            eye = ((xx - ex) / (0.06 * size)) ** 2 + ((yy - ey) / (0.03 * size * eye_open)) ** 2 <= 1
+            eye = ((x - ex) / (0.06 * size)) ** 2 + ((y - ey) / (0.03 * size * eye_open)) ** 2 <= 1
             img[eye] = (25, 20, 20)
         mx, my = cx, cy + 0.45 * ay
         mh = 0.01 * size + 0.07 * size * float(m)
-        lips = ((xx - mx) / (0.13 * size)) ** 2 + ((yy - my) / (mh + 0.02 * size)) ** 2 <= 1
-        inner = ((xx - mx) / (0.11 * size)) ** 2 + ((yy - my) / mh) ** 2 <= 1
+        lips = ((x - mx) / (0.13 * size)) ** 2 + ((y - my) / (mh + 0.02 * size)) ** 2 <= 1
+        inner = ((x - mx) / (0.11 * size)) ** 2 + ((y - my) / mh) ** 2 <= 1
         img[lips] = (150, 50, 60)
         img[inner] = (40, 10, 15)
+        if not studio:
+            camera = None if cameras is None else cameras[i]
+            img = capture(img, style, camera, None if grains is None else grains[i])
+            cx, cy, ax, ay = camera_box(camera, cx, cy, ax, ay)
         frames.append(np.clip(img, 0, 255).astype(np.uint8))
-    return frames
+        boxes.append((cx, cy, ax, ay))
+    return frames, boxes
 
 
 def rerender_face(frames, src, tgt, mouth, size, fps, rng, strength: float, *, mouth_only: bool) -> list[np.ndarray]:
@@ -341,8 +445,7 @@ def rerender_face(frames, src, tgt, mouth, size, fps, rng, strength: float, *, m
     toward the target's skin colour and flickers from frame to frame; the region's edge
     leaves a blend seam."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    diff = tgt["skin"] - src["skin"]
-    shift = diff / max(np.linalg.norm(diff), 1e-6) * max(np.linalg.norm(diff) * 0.5, 60.0) * strength
+    shift = _skin_shift(src, tgt, strength)
     phase_rng = np.random.default_rng([int(src["texture_seed"]), 5])
     phase = float(phase_rng.uniform(0, 2 * np.pi))
     out = []

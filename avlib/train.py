@@ -29,6 +29,7 @@ from sklearn.metrics import roc_auc_score
 from avlib.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from avlib.model import model_config, video_to_model_input
 from avlib.paths import write_csv
+from avlib.progress import Heartbeat, format_duration
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -37,6 +38,11 @@ class NonFiniteLossError(FloatingPointError):
 
 class ResumeError(RuntimeError):
     """The checkpoint to resume from was trained with other settings."""
+
+
+class LoaderWorkerError(RuntimeError):
+    """A DataLoader worker process died (most often killed by the kernel for want of memory);
+    the message names the parameters to lower and the epoch training resumes from."""
 
 
 # Parameters that define the run: resuming with a different value would mix two runs.
@@ -65,22 +71,47 @@ def _bar(loader, desc: str, progress: bool):
     return tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch")
 
 
+OBJECTIVES = ("classify", "sync")
+
+
+def _forward(model, video, audio, labels, extra, *, criterion, objective: str, sync_weight: float,
+             want_sync: bool = False):
+    """(logits, sync dict or None, loss) of one batch: cross-entropy, plus `sync_weight` x the
+    InfoNCE offset loss on the batch's real clips; objective 'sync' trains that loss alone."""
+    from avlib.sync import sync_loss
+
+    use_sync = objective == "sync" or sync_weight > 0 or want_sync
+    out = model(video, audio, *extra, with_sync=True) if use_sync else model(video, audio, *extra)
+    logits, sync = out if use_sync else (out, None)
+    logits = logits.float()
+    if objective == "sync":
+        return logits, sync, sync_loss(sync["log_p"], labels)
+    loss = criterion(logits, labels) if criterion is not None else None
+    if sync_weight > 0 and loss is not None:
+        loss = loss + sync_weight * sync_loss(sync["log_p"], labels)
+    return logits, sync, loss
+
+
 def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, loader,
                     device: torch.device, epoch: int, *, amp: bool = False, channels_last: bool = True,
-                    progress: bool = False) -> dict:
+                    progress: bool = False, objective: str = "classify", sync_weight: float = 0.0) -> dict:
     """One pass over `loader`; returns loss, accuracy, auc, seconds, clips_per_s.
+
+    Batches are (video, mfcc, labels, *extra); the extra tensors (a sync model's waveform) are
+    passed on to the model. `objective`/`sync_weight`: see `_forward`.
 
     Raises NonFiniteLossError naming the epoch and batch when the loss is not finite (the
     step is not applied)."""
     model.train()
     total_loss, probs, labels_all, n = 0.0, [], [], 0
     start = time.perf_counter()
-    for batch, (video, audio, labels) in enumerate(_bar(loader, f"epoch {epoch} train", progress)):
+    for batch, (video, audio, labels, *extra) in enumerate(_bar(loader, f"epoch {epoch} train", progress)):
         video = video_to_model_input(video, device, channels_last=channels_last)
         audio, labels = audio.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        extra = [x.to(device, non_blocking=True) for x in extra]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(video, audio)
-        loss = criterion(logits.float(), labels)
+            logits, _, loss = _forward(model, video, audio, labels, extra, criterion=criterion,
+                                       objective=objective, sync_weight=sync_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         # The norm only (clip_grad_norm_ would multiply every gradient by NaN/inf when one is bad,
@@ -109,27 +140,50 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
                 probs=probs, labels=labels_all)
 
 
+SYNC_OUTPUTS = ("score", "offset", "confidence")
+
+
 @torch.no_grad()
 def predict(model: nn.Module, loader, device: torch.device, *, amp: bool = False, channels_last: bool = True,
-            criterion: nn.Module | None = None, progress: bool = False, desc: str = "predict") -> dict:
-    """P(fake) for every clip in loader order: dict(probs, labels, loss, seconds, clips_per_s)."""
+            criterion: nn.Module | None = None, progress: bool = False, desc: str = "predict",
+            sync: bool = False, objective: str = "classify") -> dict:
+    """P(fake) for every clip in loader order: dict(probs, labels, loss, seconds, clips_per_s);
+    with `sync` (a sync model), also sync_score, sync_offset (frames) and sync_confidence per clip
+    and sync_loss (the offset loss on the real clips).
+    `loss` is the cross-entropy (with `criterion`), or for objective 'sync' the offset loss."""
     model.eval()
     probs, labels_all, total_loss = [], [], 0.0
+    sync_out = {k: [] for k in SYNC_OUTPUTS}
+    sync_total, n_real = 0.0, 0
     start = time.perf_counter()
-    for video, audio, labels in _bar(loader, desc, progress):
+    for video, audio, labels, *extra in _bar(loader, desc, progress):
         video = video_to_model_input(video, device, channels_last=channels_last)
         audio, labels = audio.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        extra = [x.to(device, non_blocking=True) for x in extra]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(video, audio).float()
-        if criterion is not None:
-            total_loss += criterion(logits, labels).item() * len(labels)
+            logits, sync_dict, loss = _forward(model, video, audio, labels, extra, criterion=criterion,
+                                               objective=objective, sync_weight=0.0, want_sync=sync)
+        if loss is not None:
+            total_loss += loss.item() * len(labels)
+        if sync_dict is not None:
+            from avlib.sync import sync_loss
+
+            real = int((labels == 0).sum())
+            sync_total += sync_loss(sync_dict["log_p"], labels).item() * real
+            n_real += real
         probs.append(torch.softmax(logits, 1)[:, 1].cpu())
         labels_all.append(labels.cpu())
+        for key in SYNC_OUTPUTS if sync_dict is not None else ():
+            sync_out[key].append(sync_dict[key].float().cpu())
     seconds = time.perf_counter() - start
     probs = torch.cat(probs).numpy() if probs else np.zeros(0)
     labels_all = torch.cat(labels_all).numpy() if labels_all else np.zeros(0, int)
-    return dict(probs=probs, labels=labels_all, loss=total_loss / max(len(labels_all), 1),
-                seconds=seconds, clips_per_s=len(labels_all) / seconds if seconds else float("nan"))
+    out = dict(probs=probs, labels=labels_all, loss=total_loss / max(len(labels_all), 1),
+               seconds=seconds, clips_per_s=len(labels_all) / seconds if seconds else float("nan"))
+    if sync:
+        out.update({f"sync_{k}": torch.cat(v).numpy() if v else np.zeros(0) for k, v in sync_out.items()})
+        out["sync_loss"] = sync_total / n_real if n_real else float("nan")       # on the real clips
+    return out
 
 
 def class_weights(labels: np.ndarray) -> torch.Tensor:
@@ -217,11 +271,35 @@ def _link_or_save(source: Path, target: Path, state: dict) -> None:
         save_checkpoint(target, state)
 
 
+def _dead_loader_worker_named(fit_function):
+    """`fit`, raising LoaderWorkerError for the bare 'DataLoader worker ... exited unexpectedly'."""
+    import functools
+
+    @functools.wraps(fit_function)
+    def wrapper(model, train_loader, val_loader, *, run_dir, **kwargs):
+        try:
+            return fit_function(model, train_loader, val_loader, run_dir=run_dir, **kwargs)
+        except RuntimeError as e:
+            if not str(e).startswith("DataLoader worker"):
+                raise
+            history = Path(run_dir) / "history.csv"
+            done = int(pd.read_csv(history)["epoch"].max()) if history.is_file() else 0
+            cause = ("most likely the kernel's out-of-memory killer stopped it (`dmesg` or `journalctl -k` then "
+                     "shows 'Out of memory')" if "Killed" in str(e) or "unexpectedly" in str(e) else "it crashed")
+            resumes = f"after epoch {done}, the last complete one" if done else "from the start (no epoch was complete)"
+            raise LoaderWorkerError(
+                f"a data-loading worker process died in epoch {done + 1} ({e}); {cause}. Lower `workers` (now "
+                f"{train_loader.num_workers}) or `batch_size` (now {train_loader.batch_size}) and rerun: with "
+                f"resume=true training continues {resumes} ({history.parent})") from e
+    return wrapper
+
+
+@_dead_loader_worker_named
 def fit(model: nn.Module, train_loader, val_loader, *, run_dir: str | Path, epochs: int, lr: float,
         device: torch.device, seed: int = 0, amp: bool = False, channels_last: bool = True,
         compile: bool = False, balance: str = "none", select_metric: str = "val_accuracy", keep_last: int = 2, resume: bool = True,
         identity: dict | None = None, params: dict | None = None, progress: bool = True,
-        log=print) -> pd.DataFrame:
+        log=print, objective: str = "classify", sync_weight: float = 0.0) -> pd.DataFrame:
     """Train to `epochs` (resuming from the last complete epoch when resume=True) and return
     the history. Writes run_dir/history.csv and run_dir/checkpoints/{last,best,epoch_NNN}.pt.
 
@@ -267,23 +345,36 @@ def fit(model: nn.Module, train_loader, val_loader, *, run_dir: str | Path, epoc
         log(f"resumed from epoch {state['epoch']} ({ckpt_dir / 'last.pt'})")
     if start_epoch > epochs:
         log(f"already trained for {start_epoch - 1} epochs (>= epochs={epochs}); nothing to do")
+    session_start = time.perf_counter()
     for epoch in range(start_epoch, epochs + 1):
+        epoch_start = time.perf_counter()
         sampler = train_loader.sampler
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)                                 # DistributedSampler: seed + epoch
         elif hasattr(sampler, "generator") and sampler.generator is not None:
             sampler.generator.manual_seed(seed * 100003 + epoch)   # same order whether resumed or not
-        tr = train_one_epoch(net, criterion, optimizer, train_loader, device, epoch, amp=amp,
-                             channels_last=channels_last, progress=progress and rank == 0)
+        beat = Heartbeat(every=45.0, log=log)     # a line at least every minute, however long the epoch
+        tr = train_one_epoch(net, criterion, optimizer, beat(train_loader, f"epoch {epoch}/{epochs} training"),
+                             device, epoch, amp=amp, channels_last=channels_last, progress=progress and rank == 0,
+                             objective=objective, sync_weight=sync_weight)
         if world > 1:
             tr = _gather_epoch(tr)
             _broadcast_buffers(model)   # BatchNorm running statistics: rank 0's everywhere, as in its checkpoint
-        va = predict(model, val_loader, device, amp=amp, channels_last=channels_last, criterion=val_criterion,
-                     progress=progress and rank == 0, desc=f"epoch {epoch} val")   # every rank: the whole val set
+        has_sync = getattr(model, "fusion", "concat") == "sync"
+        va = predict(model, beat(val_loader, f"epoch {epoch}/{epochs} validation"), device, amp=amp,
+                     channels_last=channels_last, criterion=val_criterion,
+                     progress=progress and rank == 0, desc=f"epoch {epoch} val",   # every rank: the whole val set
+                     sync=has_sync, objective=objective)
         row = dict(epoch=epoch, train_loss=tr["loss"], train_accuracy=tr["accuracy"], train_auc=tr["auc"],
                    val_loss=va["loss"], val_accuracy=float(((va["probs"] >= 0.5) == va["labels"]).mean()),
                    val_auc=safe_auc(va["labels"], va["probs"]), lr=optimizer.param_groups[0]["lr"],
-                   seconds=tr["seconds"] + va["seconds"], train_clips_per_s=tr["clips_per_s"], balance=balance)
+                   seconds=tr["seconds"] + va["seconds"], train_clips_per_s=tr["clips_per_s"], balance=balance,
+                   precision="bf16" if amp else "fp32")
+        if has_sync:        # the real-only sync score on validation: its loss, offsets found at 0, its AUC
+            real = va["labels"] == 0
+            row.update(val_sync_loss=va["sync_loss"],
+                       val_offset_accuracy=float((va["sync_offset"][real] == 0).mean()) if real.any() else float("nan"),
+                       val_sync_auc=safe_auc(va["labels"], va["sync_score"]))
         history.append(_plain(row))
         value = row[select_metric]
         better = (best["value"] is None or (value < best["value"] if select_metric == "val_loss" else value > best["value"]))
@@ -307,9 +398,12 @@ def fit(model: nn.Module, train_loader, val_loader, *, run_dir: str | Path, epoc
         else:
             save_checkpoint(ckpt_dir / "last.pt", full)
         write_csv(run_dir / "history.csv", pd.DataFrame(history))
-        log(f"epoch {epoch}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.3f}  "
-            f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.3f} auc {row['val_auc']:.3f}  "
-            f"{row['train_clips_per_s']:.1f} clips/s" + ("  *best*" if best["epoch"] == epoch else ""))
+        now = time.perf_counter()
+        eta = (now - session_start) / (epoch - start_epoch + 1) * (epochs - epoch)     # mean epoch of this session
+        log(f"epoch {epoch}/{epochs}  train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f} "
+            f"acc {row['val_accuracy']:.3f} AUC {row['val_auc']:.3f}  {format_duration(now - epoch_start)} "
+            f"({row['train_clips_per_s']:.1f} clips/s)  ETA {format_duration(eta)}"
+            + ("  *best*" if best["epoch"] == epoch else ""))
     frame = pd.DataFrame(history)
     if rank == 0:
         write_csv(run_dir / "history.csv", frame)
@@ -372,7 +466,8 @@ def _record_rank_weights(model: nn.Module, run_dir: Path, rank: int) -> None:
 
 
 TRAIN_KEYS = ("run_name", "results_dir", "cache_dir", "epochs", "batch_size", "lr", "seed", "device", "workers", "amp",
-              "channels_last", "compile", "balance", "select_metric", "keep_last", "resume", "deterministic")
+              "channels_last", "compile", "balance", "select_metric", "keep_last", "resume", "deterministic",
+              "objective", "sync_weight")
 
 
 def main(argv=None) -> int:

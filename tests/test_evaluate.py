@@ -1,5 +1,6 @@
 """Evaluation extras: the shortcut baseline, generalization to real-only corpora, the
 comparison table, and the predict CLI on real encoded files."""
+import functools
 import json
 
 import numpy as np
@@ -9,12 +10,16 @@ import pytest
 from avlib.audit import shortcut_baseline
 from avlib.cache import read_index
 from avlib.checkpoint import save_checkpoint
-from avlib.evaluate import generalization_report, update_comparison
+from avlib.evaluate import external_metrics, external_sets, generalization_report, update_comparison
 from avlib.indexers import index_dataset
 from avlib.media import write_video
+from avlib.metrics import choose_threshold, evaluation_report
 from avlib.model import build_model, model_config
+from avlib.params import ParameterError, check
 from avlib.predict import main as predict_main, window_starts
-from avlib.preprocess import preprocess, settings
+from avlib.preprocess import preprocess, settings, write_dummy_cache
+from avlib.plots import plot_roc_overlay
+from avlib.stages import evaluate_stage
 from avlib.synthetic import CorpusSpec, generate_corpus
 from tests.conftest import face_frames, tone
 
@@ -72,6 +77,94 @@ def test_comparison_table_keeps_one_row_per_run(tmp_path):
     table = update_comparison(tmp_path / "comparison.csv", {**base, "run_name": "av", "modality": "av", "auc": 0.65})
     assert list(table["run_name"]) == ["av", "video"]
     assert table.set_index("run_name").loc["av", "auc"] == 0.65 and "auc_RVFA" in table
+
+
+def test_comparison_table_reads_old_files_and_keeps_one_row_per_run_and_eval_set(tmp_path):
+    path = tmp_path / "comparison.csv"
+    pd.DataFrame([{"run_name": "av", "split": "test", "auc": 0.6, "threshold": 0.5},
+                  {"run_name": "old", "split": "test", "auc": 0.7, "threshold": 0.5}]).to_csv(path, index=False)
+    test = {"run_name": "av", "split": "test", "n": {"REAL": 2, "FAKE": 3}, "auc": 0.9, "threshold": 0.4,
+            "ci95": {"auc": [0.8, 1.0]}}
+    table = update_comparison(path, {**test, "external": {
+        "gen2": {"eval_set": "gen2", "split": "all", "n": {"REAL": 4, "FAKE": 4}, "auc": 0.55, "threshold": 0.4},
+        "voices": {"eval_set": "voices", "split": "all", "n": 5, "false_positive_rate": 0.2, "threshold": 0.4}}})
+    rows = table.set_index(["run_name", "eval_set"])
+    assert list(rows.index) == [("av", "test"), ("av", "gen2"), ("av", "voices"), ("old", "test")]   # in-domain first
+    assert rows.loc[("av", "test"), "auc"] == 0.9 and rows.loc[("av", "gen2"), "auc"] == 0.55
+    assert rows.loc[("av", "voices"), ["n_real", "n_fake", "accuracy"]].tolist() == [5, 0, pytest.approx(0.8)]
+    table = update_comparison(path, {**test, "auc": 0.95})          # re-evaluated in-domain only
+    assert len(table) == 4 and table.set_index(["run_name", "eval_set"]).loc[("av", "test"), "auc"] == 0.95
+
+
+def test_external_set_names_must_be_plain_and_distinct(tmp_path):
+    assert external_sets(f" {tmp_path / 'gen-2'} , voices={tmp_path / 'x y'},") == {
+        "gen-2": tmp_path / "gen-2", "voices": tmp_path / "x y"}
+    for spec, message in ((str(tmp_path / "x y"), "'x y'"), (str(tmp_path / "test"), "'test'"),
+                          (f"a={tmp_path / 'p'},a={tmp_path / 'q'}", "two external sets")):
+        with pytest.raises(ParameterError, match=message) as err:
+            check(external_cache_dirs=spec)
+        assert "`external_cache_dirs`" in str(err.value)
+
+
+def test_external_metrics_resample_clips_when_the_corpus_has_no_identities():
+    pred = pd.DataFrame({"clip_id": [f"c{i}" for i in range(8)], "label": [0, 1] * 4,
+                         "p_fake": np.linspace(0.1, 0.9, 8), "category": ["real", "fake"] * 4,
+                         "method": ["real", "fake"] * 4})
+    with_ids = external_metrics(pred.assign(identity=["a", "a", "b", "b", "c", "c", "d", "d"]), 0.5, n_boot=50)
+    without = external_metrics(pred.assign(identity=""), 0.5, n_boot=50)
+    assert with_ids["ci95"]["resampled"] == "identity" and without["ci95"]["resampled"] == "clip_id"
+    assert without["ci95"]["auc"][0] < without["ci95"]["auc"][1]                # not the point one group gives
+
+
+def _folder_corpus(data, real, fake):
+    for i in range(real):
+        write_video(data / "real" / f"r{i}" / "a.mp4", face_frames(12, 32, 32, seed=i), 8, tone(1.5), 16000)
+    for i in range(fake):
+        write_video(data / "fake" / f"f{i}" / "a.mp4", face_frames(12, 32, 32, seed=10 + i), 8,
+                    tone(1.5, freq=300.0), 16000)
+    return index_dataset("folder", data)
+
+
+def test_external_labelled_corpus_is_scored_at_the_run_val_threshold(tmp_path, monkeypatch):
+    monkeypatch.setattr("avlib.metrics.evaluation_report", functools.partial(evaluation_report, n_boot=20))
+    _checkpoint(tmp_path)
+    run = tmp_path / "run"
+    own = tmp_path / "own"
+    write_dummy_cache(own, CONFIG, n=8, val_fraction=0.25, test_fraction=0.25)    # one identity in val, one in test
+    write_dummy_cache(tmp_path / "bigger", {**CONFIG, "size": 24}, n=2)
+    stage = dict(run_name="run", results_dir=str(tmp_path), cache_dir=str(own), split="val", device="cpu",
+                 workers=0, progress=False)
+    with pytest.raises(ValueError, match="other size than the model was trained on"):
+        evaluate_stage(**stage, external_cache_dirs=f"{tmp_path / 'bigger'}")
+    assert not (run / "predictions.csv").exists()                              # refused before any scoring
+    records = _folder_corpus(tmp_path / "data", real=2, fake=2)
+    preprocess(records, tmp_path / "data", tmp_path / "crossgen", CONFIG, workers=0, progress=False)
+    write_dummy_cache(tmp_path / "realonly", CONFIG, n=1)
+    assert (read_index(tmp_path / "realonly")["label"] == 0).all()
+    metrics = evaluate_stage(**stage, external_cache_dirs=f"{tmp_path / 'crossgen'},voices={tmp_path / 'realonly'}")
+    val = pd.read_csv(run / "predictions.csv")
+    threshold = choose_threshold(val["label"], val["p_fake"])
+    ext = json.loads((run / "metrics.json").read_text())["external"]["crossgen"]
+    assert ext["threshold"] == pytest.approx(threshold) and "val" in ext["threshold_source"]
+    split_keys = {"split", "checkpoint", "epoch", "dataset", "modality", "threshold_source", "shortcut_baseline",
+                  *evaluation_report(val, threshold, n_boot=1)}
+    assert split_keys <= set(metrics) and split_keys <= set(ext)                 # the in-domain split's keys
+    assert ext["n"] == {"REAL": 2, "FAKE": 2} and ext["ci95"]["resampled"] == "identity"
+    assert ext["kind"] == "labelled" and "fake" in ext["per_method"] and ext["dataset"] == "folder"
+    pred = pd.read_csv(run / "external_crossgen_predictions.csv")
+    assert len(pred) == 4 and (pred["pred"] == (pred["p_fake"] >= ext["threshold"])).all()
+    voices = metrics["external"]["voices"]
+    assert voices["kind"] == "real-only" and voices["n"] == 1 and "auc" not in voices
+    voices_pred = pd.read_csv(run / "external_voices_predictions.csv")
+    assert voices["false_positive_rate"] == (voices_pred["p_fake"] >= threshold).mean()
+    table = pd.read_csv(tmp_path / "comparison.csv").set_index("eval_set")
+    assert sorted(table.index) == ["crossgen", "val", "voices"]
+    assert table.loc["crossgen", "auc"] == pytest.approx(ext["auc"]) and table.loc["voices", "n_fake"] == 0
+    figure = plot_roc_overlay({"val (in-domain)": val, "crossgen": pred, "voices": voices_pred}, run / "figures")
+    curves = pd.read_csv(run / "figures" / "roc_external.csv")
+    assert figure.read_bytes()[:4] == b"\x89PNG"
+    assert set(curves["set"]) == {"val (in-domain)", "crossgen"}                 # a real-only set has no ROC
+    assert curves.groupby("set")["auc"].first()["crossgen"] == pytest.approx(ext["auc"])
 
 
 def test_window_starts():

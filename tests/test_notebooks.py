@@ -82,6 +82,32 @@ def test_smoke_chain_writes_metrics_history_predictions_and_figures(smoke_run):
     assert (run / "checkpoints" / "best.pt").is_file() and (run / "checkpoints" / "last.pt").is_file()
 
 
+def _shown(run: Path, name: str, mime: str) -> list[str]:
+    """The `mime` outputs of an executed notebook of the run."""
+    executed = nbformat.read(run / "notebooks" / f"{name}.ipynb", as_version=4)
+    return [o["data"][mime] for c in executed.cells if c.cell_type == "code"
+            for o in c.get("outputs", []) if mime in o.get("data", {})]
+
+
+def test_smoke_notebooks_show_the_data_training_and_mistakes_and_keep_them(smoke_run):
+    run, _ = smoke_run
+    figures = run / "figures"
+    for fig in ("sample_clips", "leading_silence", "training_curves"):
+        assert _is_png(figures / f"{fig}.png"), fig
+    assert len(_shown(run, "01_preprocess", "image/png")) == 2                   # sample clips, leading silence
+    assert any("video_encoder.model.layer4" in html for html in _shown(run, "02_build_model", "text/html"))
+    assert len(_shown(run, "03_train", "image/png")) == 1                        # the curves, drawn once headless
+    predictions = pd.read_csv(run / "predictions.csv")
+    mistakes = int((predictions["pred"] != predictions["label"]).sum())
+    assert (figures / "confident_mistakes.png").is_file() == (mistakes > 0)       # else a note, never an error
+    if mistakes:
+        assert _is_png(figures / "confident_mistakes.png")
+        assert len(pd.read_csv(figures / "confident_mistakes.csv")) == min(mistakes, 8)
+        assert len(_shown(run, "04_evaluate", "image/png")) == 1
+    else:
+        assert any("no mistakes" in note for note in _shown(run, "04_evaluate", "text/markdown"))
+
+
 def test_train_resumes_instead_of_starting_over(smoke_run, tmp_path):
     run, params = smoke_run
     papermill.execute_notebook(str(ROOT / "notebooks" / "03_train.ipynb"), str(tmp_path / "out.ipynb"),

@@ -1,4 +1,5 @@
-"""Allocator settings: freed activation memory is reused instead of page-faulted in again."""
+"""Allocator settings: freed activation memory is reused instead of page-faulted in again; and
+amp: auto, bf16 only on hardware that computes in it."""
 import subprocess
 import sys
 
@@ -35,3 +36,51 @@ def test_tuned_allocator_reuses_activation_memory_between_passes():
     default, tuned = worst_fault_count("default"), worst_fault_count("tuned")
     assert tuned < 20_000, (tuned, default)        # under 80 MB of fresh pages per pass once warm
     assert tuned < default / 5, (tuned, default)
+
+
+AVX2_ONLY = "processor\t: 0\nflags\t\t: fpu sse sse2 avx avx2 fma\n\nprocessor\t: 1\nflags\t\t: fpu sse sse2 avx avx2 fma\n"
+AVX512_BF16 = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n"
+
+
+@pytest.mark.parametrize("cpuinfo,auto,why", [
+    (AVX2_ONLY, False, "this CPU has no avx512_bf16 or amx_bf16"),
+    (AVX512_BF16, True, "this CPU has avx512_bf16"),
+    ("flags\t\t: avx2 amx_bf16 amx_tile\n", True, "this CPU has amx_bf16"),
+    (None, False, "this CPU has no avx512_bf16 or amx_bf16"),          # no /proc/cpuinfo (macOS, Windows)
+], ids=["avx2", "avx512_bf16", "amx", "no-cpuinfo"])
+def test_amp_auto_takes_bf16_only_on_a_cpu_that_computes_in_it(tmp_path, cpuinfo, auto, why):
+    from avlib.runtime import resolve_amp
+
+    path = tmp_path / "cpuinfo"
+    if cpuinfo is not None:
+        path.write_text(cpuinfo)
+    said = []
+    assert resolve_amp("auto", "cpu", cpuinfo=path, log=said.append) is auto
+    assert said == [f"precision: {'bf16 autocast' if auto else 'fp32'} (amp: auto, {why})"]
+    assert resolve_amp(False, "cpu", cpuinfo=path) is False
+    assert resolve_amp(True, "cpu", cpuinfo=path, log=said.append) is True
+    assert said[-1].startswith("warning: amp: true, but this CPU") is not auto     # asked for emulated bf16
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_amp_auto_on_cuda_follows_the_gpu(monkeypatch, bf16):
+    import torch
+
+    from avlib.runtime import resolve_amp
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Some GPU")
+    assert resolve_amp("auto", "cuda", cpuinfo="/nonexistent") is bf16
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None, "Auto"])
+def test_amp_accepts_only_true_false_or_auto(value):
+    from avlib.params import ParameterError, check
+    from avlib.runtime import resolve_amp
+
+    check(amp=True), check(amp=False), check(amp="auto")
+    with pytest.raises(ParameterError, match="`amp` must be true, false or auto"):
+        check(amp=value)
+    with pytest.raises(ParameterError, match="`amp`"):
+        resolve_amp(value, "cpu")

@@ -1,0 +1,163 @@
+"""The main command as people meet it (`make demo` runs `python -m avlib.pipeline params/demo.yaml`):
+progress streamed as it happens, no line that asks nothing of the user, a closing summary beside
+the committed reference, and no tracked file touched. The smoke chain runs once, as a command,
+in a throwaway git copy of the tracked tree; its kernels start in notebooks/, as JupyterLab
+starts them."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from avlib.pipeline import compare_with_reference, spread_verdict, summary_lines
+from avlib.progress import Heartbeat, ProgressLines, format_duration
+
+ROOT = Path(__file__).resolve().parents[1]
+EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+)  train loss [\d.]+  val loss [\d.]+ acc [\d.]+ AUC [\d.na]+  .+ s "
+                        r"\([\d.]+ clips/s\)  ETA \d.* s")
+
+
+def _git(*args, cwd):
+    return subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args], cwd=cwd,
+                          check=True, capture_output=True, text=True).stdout
+
+
+def _copy_of_the_tracked_tree(dest: Path) -> Path:
+    """What a fresh clone would hold once this working tree is committed (tracked files and the
+    untracked ones git does not ignore), committed in a new repository at `dest`."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            check=True, capture_output=True).stdout.decode().split("\0")
+    for rel in filter(None, listed):
+        if (ROOT / rel).is_file():                # listed in the index but deleted here: not in the commit
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dest / rel)
+    _git("init", "-q", cwd=dest)
+    _git("add", "-A", cwd=dest)
+    _git("commit", "-q", "-m", "tree under test", cwd=dest)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def _clone_smoke_lines(tmp_path_factory):
+    """(clone root, run folder, [(seconds since start, line)]) of the smoke chain run as a command
+    in a git copy of the tree, with that copy's avlib and notebooks."""
+    clone = _copy_of_the_tracked_tree(tmp_path_factory.mktemp("clone"))
+    env = {**os.environ, "PYTHONPATH": str(clone)}
+    start = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "avlib.pipeline", "params/smoke.yaml"], cwd=clone, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    lines = [(time.monotonic() - start, line.rstrip("\n")) for line in proc.stdout]
+    assert proc.wait() == 0, "\n".join(line for _, line in lines)
+    return clone, clone / "results" / "smoke", lines
+
+
+@pytest.fixture(scope="module")
+def clone_smoke_run(_clone_smoke_lines):
+    """(clone root, run folder, captured output) of `python -m avlib.pipeline params/smoke.yaml`
+    run in a git copy of the tracked tree, its kernels started in notebooks/."""
+    clone, run, lines = _clone_smoke_lines
+    return clone, run, "\n".join(line for _, line in lines)
+
+
+def test_main_command_leaves_tracked_files_untouched(clone_smoke_run):
+    clone, run, _ = clone_smoke_run
+    assert (run / "metrics.json").is_file() and (clone / "results" / "comparison.csv").is_file()
+    assert _git("status", "--porcelain", "--untracked-files=all", cwd=clone) == ""
+
+
+def test_main_command_streams_epochs_and_ends_with_a_summary(_clone_smoke_lines):
+    clone, run, lines = _clone_smoke_lines
+    text = [line for _, line in lines]
+    epochs = [(t, EPOCH_LINE.match(line)) for t, line in lines if EPOCH_LINE.match(line)]
+    assert [(int(m[1]), int(m[2])) for _, m in epochs] == [(1, 2), (2, 2)], text
+    (t1, _), (t2, _) = epochs
+    train_done = next(t for t, line in lines if line.startswith("[3/5] 03_train done"))
+    assert t1 + 0.1 < t2 < train_done             # each line arrived when its epoch ended, not with the notebook
+    executed = nbformat.read(run / "notebooks" / "03_train.ipynb", as_version=4)
+    printed = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    assert all(m[0] in printed for _, m in epochs)       # the same lines in the executed notebook
+    times = [t for t, _ in lines]
+    assert times[0] < 10 and max(b - a for a, b in zip(times, times[1:])) < 60, lines
+    assert text[-1] == "executed notebooks: results/smoke/notebooks/"      # paths relative to the copy's root
+    assert any(line.startswith("test split, 6 clips: AUC ") for line in text), text
+    assert not [line for line in text if re.search("warning|error|encryption|unable to", line, re.I)], text
+
+
+def test_progress_lines_throttle_and_finish_once():
+    now = [0.0]
+    out = []
+    bar = ProgressLines("preprocess", 4, every=10, log=out.append, clock=lambda: now[0])
+    for step in (1, 12, 13, 30):
+        now[0] = step
+        bar.update()
+    assert out == ["preprocess: 2/4 clips (50 %), 0.2 clips/s, ETA 12 s", "preprocess: 4/4 clips in 30 s, 0.1 clips/s"]
+    bar.update()
+    assert len(out) == 2                      # nothing after the final line
+    silent = ProgressLines("synthetic corpus", 0, log=out.append)
+    silent.update()
+    assert len(out) == 2
+    assert [format_duration(s) for s in (4.4, 65, 3600 + 180)] == ["4 s", "1 min 05 s", "1 h 03 min"]
+
+
+def test_heartbeat_speaks_during_a_long_epoch_and_passes_the_loader_through():
+    now = [0.0]
+    out = []
+    beat = Heartbeat(every=45, log=out.append, clock=lambda: now[0])
+    train, val = list(range(4)), list(range(3))
+    wrapped = beat(train, "epoch 1/2 training")
+    assert len(wrapped) == 4 and wrapped.count(2) == 1          # length and attributes of the loader
+    seen = []
+    for item in wrapped:
+        now[0] += 20                                             # a 20 s batch
+        seen.append(item)
+    for _ in beat(val, "epoch 1/2 validation"):
+        now[0] += 20
+    assert seen == train
+    assert out == ["epoch 1/2 training: 3/4 batches (75 %), 0.1 batches/s, ETA 20 s",
+                   "epoch 1/2 validation: 2/3 batches (67 %), 0.1 batches/s, ETA 20 s"]   # the clock runs across loaders
+
+
+def test_preprocess_reports_clips_done_and_rate(tmp_path, capsys):
+    from avlib.indexers import index_dataset
+    from avlib.media import write_video
+    from avlib.preprocess import preprocess, settings
+    from tests.conftest import face_frames, tone
+
+    for label in ("real", "fake"):
+        write_video(tmp_path / "data" / label / "person0" / "a.mp4", face_frames(8, 32, 32), 25, tone(0.4), 16000)
+    records = index_dataset("folder", tmp_path / "data")
+    preprocess(records, tmp_path / "data", tmp_path / "cache", settings(frames=4, size=16, fps=25, n_mfcc=40,
+                                                                        mfcc_steps=10), workers=1)
+    assert re.search(r"^preprocess: 2/2 clips in \d+ s, [\d.]+ clips/s$", capsys.readouterr().out, re.M)
+
+
+def _metrics(auc, fvra):
+    return {"auc": auc, "accuracy": 0.9, "balanced_accuracy": 0.91, "eer": 0.05, "threshold": 0.6, "split": "test",
+            "n": {"REAL": 18, "FAKE": 27}, "ci95": {"auc": [auc - 0.03, 1.0]},
+            "per_category": {"FVRA": {"auc": fvra}, "RVFA": {"auc": 1.0}}}
+
+
+def test_summary_compares_with_the_reference_and_its_spread(tmp_path):
+    run, reference = tmp_path / "results" / "demo", tmp_path / "reference" / "demo"
+    for folder, metrics in ((run, _metrics(0.90, 0.80)), (reference, _metrics(0.98, 0.95))):
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+    (reference / "spread.json").write_text(json.dumps({"auc": [0.914, 0.947, 0.984]}))
+    table = compare_with_reference(_metrics(0.90, 0.80), _metrics(0.98, 0.95), {"auc": [0.914, 0.984]})
+    assert list(table["key"]) == ["auc", "accuracy", "balanced_accuracy", "eer", "auc_FVRA", "auc_RVFA"]
+    assert table.set_index("key").loc["auc", "earlier"] == "0.914-0.984"
+    assert table.set_index("key").loc["auc_FVRA", ["this_run", "reference"]].tolist() == [0.80, 0.95]
+    lines = summary_lines(run, {"03_train": 125.0, "04_evaluate": 20.0}, reference)
+    assert lines[0] == "finished in 2 min 25 s: 03_train 2 min 05 s, 04_evaluate 20 s"
+    assert lines[1].startswith("test split, 45 clips: AUC 0.900 (95 % CI 0.87-1.00)")
+    assert any(line.split() == ["AUC", "FVRA", "0.800", "0.950"] for line in lines), lines
+    assert "below the range of earlier runs (0.914-0.984)" in "\n".join(lines)
+    assert "within the range" in spread_verdict(0.95, [0.914, 0.984])
+    no_reference = summary_lines(run, {"04_evaluate": 20.0})
+    assert not any("reference" in line for line in no_reference)
