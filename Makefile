@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PARAMS ?= params/demo.yaml
 
-.PHONY: setup demo smoke test lab bench gpu-check clean-results
+.PHONY: setup demo demo-sync demo-seeds smoke test lab bench gpu-check clean-results
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -25,8 +25,16 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	@$(PY) -m avlib.pipeline $(PARAMS)
 
+# The same run with the sync-aware detector (fusion: sync), into results/demo_sync/.
+demo-sync: $(STAMP)
+	@$(PY) -m avlib.pipeline params/demo_sync.yaml
+
+# The demo over three training seeds (results/demo-seed<k>/ and results/demo-seeds.csv).
+demo-seeds: $(STAMP)
+	@$(PY) -m avlib.pipeline $(PARAMS) --seeds 0,1,2
+
 smoke: $(STAMP)
-	$(PY) -m avlib.pipeline params/smoke.yaml
+	@$(PY) -m avlib.pipeline params/smoke.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q

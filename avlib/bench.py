@@ -298,7 +298,8 @@ def bench_fit(frames: int, size: int, batch: int, clips: int, workers: int, epoc
         history = fit(build_model(), loader, val_loader, run_dir=tmp / "run", epochs=epochs, lr=1e-4, device=dev,
                       amp=amp, channels_last=True, compile=compile, keep_last=1, progress=False, log=print)
         last = history.iloc[-1]
-        out = {"clips": clips, "train_clips": len(train_set), "device": str(dev), "pinned": loader.pin_memory, "amp": amp,
+        out = {"clips": clips, "train_clips": len(train_set), "device": str(dev), "pinned": loader.pin_memory,
+               "amp": amp,
                "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU",
                "loader_clips_per_s": loader_cps, "train_clips_per_s": float(last["train_clips_per_s"]),
                "epoch_seconds": float(last["seconds"])}
@@ -360,9 +361,65 @@ def bf16_agreement(batch: int, frames: int, size: int, checkpoint: str | None, c
             "auc_fp32": safe_auc(y, p32.numpy()), "auc_bf16": safe_auc(y, p16.numpy())}
 
 
+def bench_sync(frames: int, size: int, batch: int, steps: int, repeats: int = 2, device: str = "cpu",
+               fps: float = 25.0, log=print) -> dict:
+    """What the sync branch costs: a training step (cross-entropy, plus the offset loss for the
+    sync model) and an inference pass (inference_model copies) of the seed's model and of the
+    same model with fusion='sync' (trunk_stride 1, so the trunks do the same work), timed in
+    interleaved rounds. Returns clips/s per model and the sync model's extra time in %."""
+    import torch
+
+    from avlib.model import build_model, inference_model, video_to_model_input
+    from avlib.runtime import tune_allocator
+    from avlib.train import _forward
+
+    tune_allocator()
+    dev = torch.device(device)
+    models = {}
+    for fusion in ("concat", "sync"):
+        torch.manual_seed(0)
+        models[fusion] = build_model(fusion=fusion, fps=fps, frames=frames).to(dev).to(
+            memory_format=torch.channels_last_3d)
+    g = torch.Generator().manual_seed(0)
+    video = video_to_model_input(torch.randint(0, 256, (batch, 3, frames, size, size), dtype=torch.uint8, generator=g), dev)
+    mfcc = torch.randn(batch, 200, 40, generator=g).to(dev)
+    wave = (0.1 * torch.randn(batch, int(round(frames / fps * 16000)), generator=g)).to(dev)
+    labels = torch.zeros(batch, dtype=torch.long, device=dev)
+    optimizers = {k: torch.optim.Adam(m.parameters(), 1e-4) for k, m in models.items()}
+    criterion = torch.nn.CrossEntropyLoss()
+    sync_device = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+    def train_step(name):
+        model = models[name].train()
+        extra = [wave] if name == "sync" else []
+        _, _, loss = _forward(model, video, mfcc, labels, extra, criterion=criterion, objective="classify",
+                              sync_weight=1.0 if name == "sync" else 0.0)
+        optimizers[name].zero_grad(set_to_none=True)
+        loss.backward()
+        optimizers[name].step()
+
+    train = _timed_rounds({k: (lambda k=k: train_step(k)) for k in models}, batch, steps, repeats, log, "train",
+                          sync_device)
+    fast = {k: inference_model(m) for k, m in models.items()}
+
+    @torch.no_grad()
+    def infer(name):
+        fast[name](video, mfcc, *([wave] if name == "sync" else []))
+
+    infer_rounds = _timed_rounds({k: (lambda k=k: infer(k)) for k in models}, batch, steps, repeats, log, "inference",
+                                 sync_device)
+    out = {}
+    for what, rounds in (("train", train), ("infer", infer_rounds)):
+        for k, v in rounds.items():
+            out[f"{k}_{what}_clips_per_s"] = float(np.median(v))
+        out[f"sync_{what}_overhead_pct"] = 100.0 * (out[f"concat_{what}_clips_per_s"] / out[f"sync_{what}_clips_per_s"] - 1)
+    out["sync_branch_parameters"] = sum(p.numel() for p in models["sync"].sync.parameters())
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["preprocess", "train", "fit", "seed-alone"])
+    parser.add_argument("what", choices=["preprocess", "train", "fit", "sync", "seed-alone"])
     parser.add_argument("--clips", type=int, default=120)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--frames", type=int, default=16)
@@ -375,6 +432,7 @@ def main(argv=None) -> int:
     parser.add_argument("--cache", help="the cache that checkpoint was trained on")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (train, fit)")
     parser.add_argument("--epochs", type=int, default=2, help="fit: epochs (the last one is timed)")
+    parser.add_argument("--fps", type=float, default=25.0, help="sync: the clips' frame rate")
     parser.add_argument("--amp", default="auto", choices=["auto", "true", "false"],
                         help="train: bf16 autocast in our loop; auto: where the hardware computes in bf16 natively")
     args = parser.parse_args(argv)
@@ -384,6 +442,15 @@ def main(argv=None) -> int:
         r = bench_train(args.frames, args.size, args.batch, args.steps, args.repeats, seed_only=True,
                         log=lambda *a: None)
         print(json.dumps({k: r[k] for k in ("seed_train_clips_per_s", "seed_infer_clips_per_s")}))
+        return 0
+    if args.what == "sync":
+        r = bench_sync(args.frames, args.size, args.batch, args.steps, args.repeats, args.device, args.fps)
+        print(f"\nsync branch cost at {args.frames}x{args.size}x{args.size} ({args.fps:g} fps), batch {args.batch}, "
+              f"{args.device}, fp32 (medians, clips/s):")
+        for what in ("train", "infer"):
+            print(f"  {what:5s}: seed's model {r[f'concat_{what}_clips_per_s']:7.2f}   fusion sync "
+                  f"{r[f'sync_{what}_clips_per_s']:7.2f}   -> +{r[f'sync_{what}_overhead_pct']:.1f} % time")
+        print(f"  the sync branch holds {r['sync_branch_parameters']:,} parameters")
         return 0
     if args.what == "fit":
         r = bench_fit(args.frames, args.size, args.batch, args.clips, args.workers, args.epochs, args.device,
@@ -427,7 +494,8 @@ def main(argv=None) -> int:
                   f"{r['ours_train_clips_per_s'] / alone['seed_train_clips_per_s']:.2f}x / "
                   f"{r['ours_infer_clips_per_s'] / alone['seed_infer_clips_per_s']:.2f}x that")
         if r["amp"]:
-            print(f"  bf16 vs fp32 ({r['agreement_source']}): largest |P(fake)| difference {r['max_abs_prob_diff']:.4f}, "
+            print(f"  bf16 vs fp32 ({r['agreement_source']}): largest |P(fake)| difference "
+                  f"{r['max_abs_prob_diff']:.4f}, "
                   f"AUC fp32 {r['auc_fp32']:.4f}, bf16 {r['auc_bf16']:.4f}")
         return 0
     r = bench_preprocess(args.clips, args.workers)

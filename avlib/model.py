@@ -124,7 +124,12 @@ class DeepfakeDetector(nn.Module):
     def forward(self, video: torch.Tensor, audio: torch.Tensor, waveform: torch.Tensor | None = None, *,
                 with_sync: bool = False):
         """Logits (B, 2); with `with_sync`, (logits, the sync branch's dict or None)."""
-        video_feat = self.video_encoder(video[:, :, ::self.trunk_stride] if self.trunk_stride > 1 else video)
+        trunk_video = video
+        if self.trunk_stride > 1:      # a strided view would send oneDNN down a path 2x slower: copy it
+            layout = (torch.channels_last_3d if video.is_contiguous(memory_format=torch.channels_last_3d)
+                      else torch.contiguous_format)
+            trunk_video = video[:, :, ::self.trunk_stride].contiguous(memory_format=layout)
+        video_feat = self.video_encoder(trunk_video)
         audio_feat = self.audio_encoder(audio)
         if self.modality == "audio":
             video_feat = torch.zeros_like(video_feat)

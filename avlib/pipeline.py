@@ -1,6 +1,10 @@
 """Run notebooks 01..05 in order with papermill from one params file:
 
-    python -m avlib.pipeline params/smoke.yaml [--results-dir DIR] [--from 03] [--only 04,05]
+    python -m avlib.pipeline params/smoke.yaml [--results-dir DIR] [--from 03] [--only 04,05] [--seeds 0,1,2]
+
+A params file may hold `prepare:`, a list of extra corpora that 01_preprocess caches first (each
+entry: its own run_name and the 01 parameters it changes), e.g. the external test sets its
+04_evaluate scores (`external_cache_dirs`).
 
 Each notebook receives the keys of the file that are its own parameters; a key that is a
 parameter of no notebook stops the run (papermill itself would only warn). The kernels start in
@@ -49,11 +53,10 @@ def kernel_config():
     where the kernel spec supports them (ipykernel >= 7). Without keys, ipykernel 7 warns at
     every start that its TCP traffic is unencrypted; with them it is encrypted and silent."""
     import zmq
-    from jupyter_client import KernelManager
     from traitlets.config import Config
 
     config = Config()
-    if zmq.has("curve") and "transport_encryption" in KernelManager.class_trait_names():
+    if zmq.has("curve") and "transport_encryption" in AsyncKernelManager.class_trait_names():
         config.KernelManager.transport_encryption = "auto"
     return config
 
@@ -162,14 +165,58 @@ def summary_lines(run: Path, timings: dict[str, float], reference: Path | None =
     return lines
 
 
+def prepare_params(params: dict, entry: dict) -> dict:
+    """01_preprocess's parameters for one entry of a params file's `prepare` list: the main run's
+    preprocessing settings (frames, size, fps, MFCC, ...) overlaid by the entry (its own
+    run_name, data_dir, cache_dir, corpus options). Raises ParameterError for an entry without
+    run_name or with a key 01_preprocess does not declare."""
+    declared = notebook_parameters("01_preprocess")
+    if not isinstance(entry, dict) or "run_name" not in entry:
+        raise ParameterError(f"`prepare` entries are mappings with their own run_name; got {entry!r}")
+    unknown = sorted(set(entry) - set(declared))
+    if unknown:
+        raise ParameterError(f"`prepare` entry {entry['run_name']!r}: {', '.join(unknown)} are not parameters of "
+                             f"01_preprocess")
+    return {**{k: v for k, v in params.items() if k in declared}, **entry}
+
+
+def seeds_summary(runs: dict[int, Path]) -> pd.DataFrame:
+    """One row per seed (test AUC, per-category AUC, each external set's AUC, and the sync
+    score's when the model has one, from each run's metrics.json), then mean, sd, min and max."""
+    rows = []
+    for seed, run in runs.items():
+        m = read_json(run / "metrics.json")
+        row = {"seed": seed, "run_name": run.name, "auc": m["auc"]}
+        row.update({f"auc_{c}": v["auc"] for c, v in sorted((m.get("per_category") or {}).items())})
+        if "sync_score" in m:
+            row["sync_auc"] = m["sync_score"]["auc"]
+            row.update({f"sync_auc_{c}": v["auc"] for c, v in sorted(m["sync_score"]["per_category"].items())})
+        for name, ext in (m.get("external") or {}).items():
+            if "auc" in ext:
+                row[f"{name}_auc"] = ext["auc"]
+                row.update({f"{name}_auc_{c}": v["auc"] for c, v in sorted((ext.get("per_category") or {}).items())})
+            if "sync_score" in ext:
+                row[f"{name}_sync_auc"] = ext["sync_score"]["auc"]
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    numbers = table.drop(columns=["seed", "run_name"]).astype(float)
+    stats = pd.DataFrame({"seed": ["mean", "sd", "min", "max"], "run_name": "",
+                          **{c: [numbers[c].mean(), numbers[c].std(ddof=1) if len(numbers) > 1 else float("nan"),
+                                 numbers[c].min(), numbers[c].max()] for c in numbers}})
+    return pd.concat([table.astype({"seed": str}), stats], ignore_index=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("params", type=Path, help="a params/*.yaml file")
     parser.add_argument("--results-dir", help="override results_dir")
     parser.add_argument("--from", dest="start", help="first notebook to run, e.g. 03")
     parser.add_argument("--only", help="comma-separated notebooks to run, e.g. 04,05")
+    parser.add_argument("--seeds", help="comma-separated training seeds, e.g. 0,1,2: one run <run_name>-seed<k> "
+                                        "each (01 runs once: corpus and split stay the file's), then a summary")
     args = parser.parse_args(argv)
     params = load_params(args.params)
+    prepare = params.pop("prepare", None) or []
     if args.results_dir:
         params["results_dir"] = args.results_dir
     names = NOTEBOOKS
@@ -184,10 +231,38 @@ def main(argv=None) -> int:
         print(line, flush=True)
 
     log(f"{args.params}: run {run_name} -> {portable(run)}/")
-    timings = run_pipeline(params, names=names, log=log)
-    reference = REFERENCE_DIR / run_name
-    for line in summary_lines(run, timings, reference if reference.is_dir() else None):
-        log(line)
+    if "01_preprocess" in names:             # the corpora the run's 04 scores as external test sets
+        for entry in prepare:
+            extra = prepare_params(params, entry)
+            log(f"preparing {extra['run_name']} ({extra.get('data_dir', '')})")
+            run_pipeline(extra, names=("01_preprocess",), log=log)
+    if not args.seeds:
+        timings = run_pipeline(params, names=names, log=log)
+        reference = REFERENCE_DIR / run_name
+        for line in summary_lines(run, timings, reference if reference.is_dir() else None):
+            log(line)
+        return 0
+    seeds = [int(k) for k in args.seeds.split(",") if k.strip()]
+    if "01_preprocess" in names:
+        run_pipeline(params, names=("01_preprocess",), log=log)
+    cache = params.get("cache_dir") or read_json(run / "preprocess.json")["cache_dir"]
+    runs = {}
+    for seed in seeds:
+        params_k = {**params, "run_name": f"{run_name}-seed{seed}", "seed": seed, "cache_dir": cache}
+        runs[seed] = resolve(params.get("results_dir", "results")) / params_k["run_name"]
+        log(f"seed {seed}: run {params_k['run_name']}")
+        timings = run_pipeline(params_k, names=tuple(n for n in names if n != "01_preprocess"), log=log)
+        for line in summary_lines(runs[seed], timings):
+            log(line)
+    if all((r / "metrics.json").is_file() for r in runs.values()):
+        from avlib.paths import write_csv
+
+        table = seeds_summary(runs)
+        out = resolve(params.get("results_dir", "results")) / f"{run_name}-seeds.csv"
+        write_csv(out, table)
+        log(f"over seeds {args.seeds} ({out.name}):")
+        with pd.option_context("display.width", 200, "display.max_columns", 40, "display.precision", 3):
+            log(table.to_string(index=False))
     return 0
 
 

@@ -40,7 +40,8 @@ class ProgressLines:
         elapsed = (self.clock() if now is None else now) - self.start
         rate = self.done / elapsed if elapsed > 0 else float("nan")
         if self.done >= self.total:
-            return f"{self.what}: {self.done}/{self.total} {self.unit} in {format_duration(elapsed)}, {rate:.1f} {self.unit}/s"
+            return (f"{self.what}: {self.done}/{self.total} {self.unit} in {format_duration(elapsed)}, "
+                    f"{rate:.1f} {self.unit}/s")
         eta = (self.total - self.done) / rate if rate > 0 else float("nan")
         return (f"{self.what}: {self.done}/{self.total} {self.unit} ({100 * self.done / self.total:.0f} %), "
                 f"{rate:.1f} {self.unit}/s, ETA {format_duration(eta) if eta == eta else '?'}")

@@ -187,6 +187,10 @@ def train_stage(*, run_name: str, results_dir: str, cache_dir: str = "", epochs:
             raise ParameterError("parameter `objective`: 'sync' trains a sync branch, and this run's model has none; "
                                  "build it with fusion: sync in 02_build_model")
         real_only = objective == "sync"
+        if real_only and select_metric != "val_loss":      # accuracy and AUC of an untrained classifier mean nothing
+            log(f"objective sync: best.pt is the epoch with the lowest offset loss on the real validation clips "
+                f"(select_metric val_loss, not {select_metric})")
+            select_metric = "val_loss"
         train_set = CachedClips(cache, "train", waveform=sync, real_only=real_only)
         val_set = CachedClips(cache, "val", waveform=sync, real_only=real_only)
         if len(train_set) == 0 or len(val_set) == 0:

@@ -32,8 +32,8 @@ import pandas as pd
 from scipy.signal import lfilter
 
 from avlib.paths import atomic_write_bytes, read_json, write_json
-from avlib.synthetic_styles import (STYLES, Style, camera_box, camera_path, capture, grain_path, lit_shade,
-                                    manipulate_face, parse_styles, vocode)
+from avlib.synthetic_styles import (STYLES, Style, camera_box, camera_path, capture, fake_region, grain_path,
+                                    lit_shade, manipulate_face, parse_styles, vocode)
 from avlib.synthetic_styles import background as style_background
 
 ROOT_NAME = "FakeAVCeleb_v1.2"
@@ -452,12 +452,7 @@ def rerender_face(frames, src, tgt, mouth, size, fps, rng, strength: float, *, m
     for i, img in enumerate(frames):
         cx, cy, ax, ay = _geometry(src, size, fps, i, phase)
         jx, jy = rng.normal(0, 1.0 * strength, 2) * size / 96
-        if mouth_only:
-            rx, ry, ccy = 0.55 * ax, 0.35 * ay, cy + 0.42 * ay
-        else:
-            rx, ry, ccy = 0.75 * ax, 0.7 * ay, cy + 0.1 * ay
-        d = np.sqrt(((xx - cx - jx) / rx) ** 2 + ((yy - ccy - jy) / ry) ** 2)
-        mask = np.clip((1.05 - d) / 0.1, 0, 1)[..., None]
+        d, mask, _ = fake_region(xx, yy, (cx, cy, ax, ay), (jx, jy), mouth_only)
         seam = (np.abs(d - 1.0) < 0.1)[..., None]
         f = img.astype(np.float32)
         sigma = 0.6 + 1.4 * strength

@@ -175,6 +175,20 @@ def capture(img: np.ndarray, style: Style, camera: np.ndarray | None, grain: np.
 
 # ---------------------------------------------------------------- manipulations
 
+def fake_region(xx, yy, box, jitter, mouth_only: bool):
+    """(normalised distance from the manipulated region's centre, soft mask (H, W, 1), the
+    centre's row before jitter) of the face (or mouth) region of a face box (cx, cy, ax, ay),
+    moved by `jitter` (jx, jy)."""
+    cx, cy, ax, ay = box
+    jx, jy = jitter
+    if mouth_only:
+        rx, ry, ccy = 0.55 * ax, 0.35 * ay, cy + 0.42 * ay
+    else:
+        rx, ry, ccy = 0.75 * ax, 0.7 * ay, cy + 0.1 * ay
+    d = np.sqrt(((xx - cx - jx) / rx) ** 2 + ((yy - ccy - jy) / ry) ** 2)
+    return d, np.clip((1.05 - d) / 0.1, 0, 1)[..., None], ccy
+
+
 def manipulate_face(frames: list[np.ndarray], boxes, family: str, shift: np.ndarray, rng, strength: float, *,
                     mouth_only: bool) -> list[np.ndarray]:
     """A face-swap analogue of `family` inside the face (or mouth) region that follows the face
@@ -186,12 +200,7 @@ def manipulate_face(frames: list[np.ndarray], boxes, family: str, shift: np.ndar
     out, previous = [], None
     for img, (cx, cy, ax, ay) in zip(frames, boxes):
         jx, jy = rng.normal(0, strength, 2) * size / 96
-        if mouth_only:
-            rx, ry, ccy = 0.55 * ax, 0.35 * ay, cy + 0.42 * ay
-        else:
-            rx, ry, ccy = 0.75 * ax, 0.7 * ay, cy + 0.1 * ay
-        d = np.sqrt(((xx - cx - jx) / rx) ** 2 + ((yy - ccy - jy) / ry) ** 2)
-        mask = np.clip((1.05 - d) / 0.1, 0, 1)[..., None]
+        d, mask, ccy = fake_region(xx, yy, (cx, cy, ax, ay), (jx, jy), mouth_only)
         f = img.astype(np.float32)
         if family == "blocky":
             k = max(2, int(round((2 + 3 * strength) * size / 96)))

@@ -306,7 +306,9 @@ def fit(model: nn.Module, train_loader, val_loader, *, run_dir: str | Path, epoc
     `identity` (plain data: model config, cache settings) must match to resume; `params` is
     stored in each checkpoint as the parameters it was trained with. `compile` trains through
     torch.compile (the first step compiles: about a minute on a 2-core CPU; on that CPU it
-    was 7 % slower than eager, on GPUs it usually pays); checkpoints hold the plain model."""
+    was 7 % slower than eager, on GPUs it usually pays); checkpoints hold the plain model.
+    `objective` and `sync_weight` (sync models): see `_forward`; their history also has
+    val_sync_loss, val_offset_accuracy (real clips found at offset 0) and val_sync_auc."""
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)

@@ -1,12 +1,20 @@
-"""Shared fixtures: small real media files made with PyAV, and tiny caches."""
+"""Shared fixtures: small real media files made with PyAV, tiny caches, and the smoke chain run
+once as the main command in a git copy of the tree (tests/test_main_command.py and
+tests/test_notebooks.py read it)."""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def face_frames(n: int, h: int = 64, w: int = 64, seed: int = 0) -> list[np.ndarray]:
@@ -34,3 +42,45 @@ def make_video(tmp_path):
         return write_video(tmp_path / name, frames, fps, sound, rate, **kwargs)
 
     return make
+
+
+def _git(*args, cwd):
+    return subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args], cwd=cwd,
+                          check=True, capture_output=True, text=True).stdout
+
+
+def _copy_of_the_tracked_tree(dest: Path) -> Path:
+    """What a fresh clone would hold once this working tree is committed (tracked files and the
+    untracked ones git does not ignore), committed in a new repository at `dest`."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            check=True, capture_output=True).stdout.decode().split("\0")
+    for rel in filter(None, listed):
+        if (ROOT / rel).is_file():                # listed in the index but deleted here: not in the commit
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dest / rel)
+    _git("init", "-q", cwd=dest)
+    _git("add", "-A", cwd=dest)
+    _git("commit", "-q", "-m", "tree under test", cwd=dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def _clone_smoke_lines(tmp_path_factory):
+    """(clone root, run folder, [(seconds since start, line)]) of the smoke chain run as a command
+    in a git copy of the tree, with that copy's avlib and notebooks."""
+    clone = _copy_of_the_tracked_tree(tmp_path_factory.mktemp("clone"))
+    env = {**os.environ, "PYTHONPATH": str(clone)}
+    start = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "avlib.pipeline", "params/smoke.yaml"], cwd=clone, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    lines = [(time.monotonic() - start, line.rstrip("\n")) for line in proc.stdout]
+    assert proc.wait() == 0, "\n".join(line for _, line in lines)
+    return clone, clone / "results" / "smoke", lines
+
+
+@pytest.fixture(scope="session")
+def clone_smoke_run(_clone_smoke_lines):
+    """(clone root, run folder, captured output) of `python -m avlib.pipeline params/smoke.yaml`
+    run in a git copy of the tracked tree, its kernels started in notebooks/."""
+    clone, run, lines = _clone_smoke_lines
+    return clone, run, "\n".join(line for _, line in lines)

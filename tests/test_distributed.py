@@ -1,5 +1,6 @@
-"""torchrun with two CPU processes (gloo): identical weights on every rank, the same files as
-the notebook, and metrics close to one process with the same global batch."""
+"""torchrun with two CPU processes (gloo), on a sync model (the seed's branches plus the sync
+branch and its real-only loss): identical weights on every rank, the same files as the
+notebook, and metrics close to one process with the same global batch."""
 import json
 import subprocess
 import sys
@@ -19,9 +20,11 @@ def prepared(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
     common = dict(results_dir=str(tmp / "results"))
     for run in ("ddp", "single"):
-        stages.preprocess_stage(run_name=run, dataset="dummy", data_dir="", cache_dir=str(tmp / "cache"), frames=4,
-                                size=16, fps=25.0, n_mfcc=40, mfcc_steps=8, limit=32, progress=False, **common)
-        stages.build_model_stage(run_name=run, **common)
+        stages.preprocess_stage(run_name=run, dataset="dummy", data_dir="", cache_dir=str(tmp / "cache"), frames=16,
+                                size=16, fps=10.0, n_mfcc=40, mfcc_steps=8, limit=32, progress=False, **common)
+        # a sync model (its branch trains only on real clips, the rest on all: every parameter must
+        # still get a gradient on every rank), its trunk fed 4 frames as a concat model's would be
+        stages.build_model_stage(run_name=run, fusion="sync", trunk_stride=4, **common)
     return tmp, common
 
 
@@ -48,4 +51,6 @@ def test_two_ranks_end_identical_and_match_one_process(prepared):
     assert list(ddp["epoch"]) == [1, 2] and (run / "checkpoints" / "last.pt").is_file()
     # per-rank BatchNorm statistics make the two runs close, not equal
     assert ddp["val_loss"].iloc[-1] == pytest.approx(single["val_loss"].iloc[-1], abs=0.05)
-    assert ddp["train_loss"].iloc[0] == pytest.approx(single["train_loss"].iloc[0], abs=0.05)
+    # the training loss adds the offset loss (about log 13 at the start), whose BatchNorm
+    # statistics are per rank as well: close within a few percent
+    assert ddp["train_loss"].iloc[0] == pytest.approx(single["train_loss"].iloc[0], rel=0.03)

@@ -4,65 +4,17 @@ the committed reference, and no tracked file touched. The smoke chain runs once,
 in a throwaway git copy of the tracked tree; its kernels start in notebooks/, as JupyterLab
 starts them."""
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import nbformat
 import pytest
 
 from avlib.pipeline import compare_with_reference, spread_verdict, summary_lines
 from avlib.progress import Heartbeat, ProgressLines, format_duration
+from tests.conftest import _git
 
-ROOT = Path(__file__).resolve().parents[1]
 EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+)  train loss [\d.]+  val loss [\d.]+ acc [\d.]+ AUC [\d.na]+  .+ s "
                         r"\([\d.]+ clips/s\)  ETA \d.* s")
-
-
-def _git(*args, cwd):
-    return subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args], cwd=cwd,
-                          check=True, capture_output=True, text=True).stdout
-
-
-def _copy_of_the_tracked_tree(dest: Path) -> Path:
-    """What a fresh clone would hold once this working tree is committed (tracked files and the
-    untracked ones git does not ignore), committed in a new repository at `dest`."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                            check=True, capture_output=True).stdout.decode().split("\0")
-    for rel in filter(None, listed):
-        if (ROOT / rel).is_file():                # listed in the index but deleted here: not in the commit
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, dest / rel)
-    _git("init", "-q", cwd=dest)
-    _git("add", "-A", cwd=dest)
-    _git("commit", "-q", "-m", "tree under test", cwd=dest)
-    return dest
-
-
-@pytest.fixture(scope="module")
-def _clone_smoke_lines(tmp_path_factory):
-    """(clone root, run folder, [(seconds since start, line)]) of the smoke chain run as a command
-    in a git copy of the tree, with that copy's avlib and notebooks."""
-    clone = _copy_of_the_tracked_tree(tmp_path_factory.mktemp("clone"))
-    env = {**os.environ, "PYTHONPATH": str(clone)}
-    start = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "avlib.pipeline", "params/smoke.yaml"], cwd=clone, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-    lines = [(time.monotonic() - start, line.rstrip("\n")) for line in proc.stdout]
-    assert proc.wait() == 0, "\n".join(line for _, line in lines)
-    return clone, clone / "results" / "smoke", lines
-
-
-@pytest.fixture(scope="module")
-def clone_smoke_run(_clone_smoke_lines):
-    """(clone root, run folder, captured output) of `python -m avlib.pipeline params/smoke.yaml`
-    run in a git copy of the tracked tree, its kernels started in notebooks/."""
-    clone, run, lines = _clone_smoke_lines
-    return clone, run, "\n".join(line for _, line in lines)
 
 
 def test_main_command_leaves_tracked_files_untouched(clone_smoke_run):
@@ -120,7 +72,7 @@ def test_heartbeat_speaks_during_a_long_epoch_and_passes_the_loader_through():
         now[0] += 20
     assert seen == train
     assert out == ["epoch 1/2 training: 3/4 batches (75 %), 0.1 batches/s, ETA 20 s",
-                   "epoch 1/2 validation: 2/3 batches (67 %), 0.1 batches/s, ETA 20 s"]   # the clock runs across loaders
+                   "epoch 1/2 validation: 2/3 batches (67 %), 0.1 batches/s, ETA 20 s"]   # one clock across loaders
 
 
 def test_preprocess_reports_clips_done_and_rate(tmp_path, capsys):
@@ -161,3 +113,35 @@ def test_summary_compares_with_the_reference_and_its_spread(tmp_path):
     assert "within the range" in spread_verdict(0.95, [0.914, 0.984])
     no_reference = summary_lines(run, {"04_evaluate": 20.0})
     assert not any("reference" in line for line in no_reference)
+
+
+def test_seeds_summary_gives_each_seed_then_mean_sd_min_max(tmp_path):
+    from avlib.pipeline import seeds_summary
+
+    runs = {}
+    for seed, (auc, fvra, swap) in enumerate([(0.90, 0.80, 0.95), (0.96, 0.90, 0.91), (0.93, 0.70, 0.99)]):
+        runs[seed] = tmp_path / f"demo-seed{seed}"
+        runs[seed].mkdir()
+        metrics = {**_metrics(auc, fvra), "sync_score": {"auc": 0.7, "per_category": {"RVFA": {"auc": 0.9}}},
+                   "external": {"audio_swap": {"auc": swap, "per_category": {}, "sync_score": {"auc": 0.97}},
+                                "real_only": {"kind": "real-only", "false_positive_rate": 0.1}}}
+        (runs[seed] / "metrics.json").write_text(json.dumps(metrics))
+    table = seeds_summary(runs).set_index("seed")
+    assert list(table.index) == ["0", "1", "2", "mean", "sd", "min", "max"]
+    assert table.loc["mean", "auc"] == pytest.approx(0.93) and table.loc["sd", "auc"] == pytest.approx(0.03)
+    assert table.loc["min", "auc_FVRA"] == 0.70 and table.loc["max", "audio_swap_auc"] == 0.99
+    assert table.loc["1", "sync_auc_RVFA"] == 0.9 and table.loc["mean", "audio_swap_sync_auc"] == pytest.approx(0.97)
+
+
+def test_prepare_entries_take_the_runs_settings_and_refuse_unknown_keys():
+    from avlib.params import ParameterError
+    from avlib.pipeline import prepare_params
+
+    main = {"run_name": "demo", "dataset": "synthetic", "frames": 32, "fps": 16.0, "epochs": 12, "data_dir": "data/a"}
+    extra = prepare_params(main, {"run_name": "held", "data_dir": "data/b", "corpus_styles": "outdoor"})
+    assert extra == {"run_name": "held", "dataset": "synthetic", "frames": 32, "fps": 16.0, "data_dir": "data/b",
+                     "corpus_styles": "outdoor"}                   # epochs is not 01's: left out
+    with pytest.raises(ParameterError, match="epochs"):
+        prepare_params(main, {"run_name": "held", "epochs": 3})
+    with pytest.raises(ParameterError, match="run_name"):
+        prepare_params(main, {"data_dir": "data/b"})

@@ -10,7 +10,7 @@ import papermill
 import pytest
 
 from avlib.params import ParameterError, load_params
-from avlib.pipeline import NOTEBOOKS, notebook_parameters, run_pipeline, split_params
+from avlib.pipeline import NOTEBOOKS, notebook_parameters, prepare_params, split_params
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -33,9 +33,22 @@ def test_every_parameter_is_typed_and_documented(name):
         assert info["help"], f"{name}: {param} has no trailing comment"
 
 
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_papermill_parses_every_line_of_the_parameters_cell(name):
+    """papermill skips (with only a log line) a parameter line it cannot parse, e.g. one whose
+    comment holds a second '='; such a parameter could never be set from a params file."""
+    nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    declared = [line.split(":")[0].strip() for line in cell.source.splitlines() if line.strip()]
+    assert declared == list(notebook_parameters(name))
+
+
 @pytest.mark.parametrize("params_file", sorted((ROOT / "params").glob("*.yaml")), ids=lambda p: p.name)
 def test_params_files_only_name_notebook_parameters(params_file):
-    split_params(load_params(params_file))      # raises ParameterError for an unknown key
+    params = load_params(params_file)
+    for entry in params.pop("prepare", None) or []:
+        prepare_params(params, entry)            # an extra corpus for 01: raises ParameterError for an unknown key
+    split_params(params)                         # raises ParameterError for an unknown key
 
 
 def test_an_unknown_key_is_refused():
@@ -52,12 +65,13 @@ def _is_png(path: Path) -> bool:
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("smoke")
-    params = {**load_params(ROOT / "params" / "smoke.yaml"), "results_dir": str(tmp / "results"),
-              "cache_dir": str(tmp / "cache")}
-    run_pipeline(params, log=lambda *a: None)
-    return tmp / "results" / params["run_name"], params
+def smoke_run(clone_smoke_run):
+    """(run folder, params) of the smoke chain (tests/conftest.py runs it once, as the main
+    command, in a git copy of the tree, kernels in notebooks/)."""
+    clone, run, _ = clone_smoke_run
+    cache = clone / json.loads((run / "preprocess.json").read_text())["cache_dir"]
+    return run, {**load_params(ROOT / "params" / "smoke.yaml"), "results_dir": str(clone / "results"),
+                 "cache_dir": str(cache)}
 
 
 def test_smoke_chain_writes_metrics_history_predictions_and_figures(smoke_run):
@@ -72,8 +86,10 @@ def test_smoke_chain_writes_metrics_history_predictions_and_figures(smoke_run):
     predictions = pd.read_csv(run / "predictions.csv")
     assert len(predictions) == sum(metrics["n"].values())
     assert predictions["p_fake"].between(0, 1).all()
+    assert "sync_score" in metrics and "sync_score" in predictions              # the smoke model is a sync model
+    assert set(metrics["external"]) == {"smoke-external"} and "sync_score" in metrics["external"]["smoke-external"]
     for fig in ("confusion_matrix", "roc_curve", "training_curves", "precision_recall", "per_category_auc",
-                "score_distributions", "reliability"):
+                "score_distributions", "reliability", "roc_external", "sync_scores"):
         assert _is_png(run / "figures" / f"{fig}.png"), fig
         assert len(pd.read_csv(run / "figures" / f"{fig}.csv")) > 0, fig     # the numbers behind it
     for name in NOTEBOOKS:
@@ -108,13 +124,15 @@ def test_smoke_notebooks_show_the_data_training_and_mistakes_and_keep_them(smoke
         assert any("no mistakes" in note for note in _shown(run, "04_evaluate", "text/markdown"))
 
 
-def test_train_resumes_instead_of_starting_over(smoke_run, tmp_path):
+def test_train_resumes_instead_of_starting_over(smoke_run, tmp_path, monkeypatch):
     run, params = smoke_run
-    papermill.execute_notebook(str(ROOT / "notebooks" / "03_train.ipynb"), str(tmp_path / "out.ipynb"),
+    clone = run.parents[1]                  # the smoke run's copy of the tree: its avlib, notebooks and cache
+    monkeypatch.setenv("PYTHONPATH", str(clone))
+    papermill.execute_notebook(str(clone / "notebooks" / "03_train.ipynb"), str(tmp_path / "out.ipynb"),
                                parameters={"run_name": params["run_name"], "results_dir": params["results_dir"],
                                            "epochs": params["epochs"] + 1, "workers": 0, "device": "cpu",
                                            "batch_size": params["batch_size"], "lr": params["lr"]},
-                               cwd=str(ROOT), progress_bar=False)
+                               cwd=str(clone / "notebooks"), progress_bar=False)
     history = pd.read_csv(run / "history.csv")
     assert list(history["epoch"]) == list(range(1, params["epochs"] + 2))
 

@@ -84,7 +84,7 @@ def test_real_only_objective_recovers_known_shifts():
     test_video, test_wave = _talking_faces(21, 200, fps, frames, delays)
     branch = SyncBranch(fps=fps, frames=frames)
     optimizer = torch.optim.Adam(branch.parameters(), 2e-3)
-    for _ in range(3):
+    for _ in range(4):             # seeds 0-3 reached >= 95 % after 3 epochs (0-52 % after 2)
         branch.train()
         for idx in torch.randperm(48).split(16):
             loss = sync_loss(branch(video[idx], wave[idx])["log_p"])
@@ -174,3 +174,18 @@ def test_sync_pretraining_uses_real_clips_only_and_initialises_a_later_model(syn
     assert torch.equal(later.sync.audio.head.weight, trained["sync.audio.head.weight"])
     with pytest.raises(ValueError, match="sync"):
         build_model(sync_weights=best)
+
+
+def test_predict_reports_each_windows_offset_for_a_sync_model(make_video, tmp_path):
+    from avlib.predict import plot_timeline, score_file
+
+    torch.manual_seed(0)
+    model = inference_model(build_model(fusion="sync", fps=10.0, frames=16, trunk_stride=4))
+    path = make_video("talk.mp4", n_frames=50, fps=25.0)                 # 2 s: windows of 1.6 s every 0.2 s
+    cfg = {"frames": 16, "size": 16, "fps": 10.0, "n_mfcc": 40, "mfcc_steps": 8}
+    windows = score_file(model, path, cfg, torch.device("cpu"), stride=0.2, max_windows=3)
+    assert len(windows) >= 2 and {"offset_frames", "offset_ms", "offset_confidence", "sync_score"} <= set(windows)
+    assert windows["offset_frames"].abs().max() <= 6
+    assert (windows["offset_ms"] == 100.0 * windows["offset_frames"]).all()          # 10 fps: 100 ms a frame
+    plot_timeline(windows, tmp_path / "t.png", "talk", 0.5)
+    assert (tmp_path / "t.png").stat().st_size > 1000
