@@ -161,6 +161,8 @@ def plot_sync_scores(sets: dict[str, pd.DataFrame], folder: Path) -> Path:
     from sklearn.metrics import roc_auc_score
 
     fig, axes = plt.subplots(1, len(sets), figsize=(5.5 * len(sets), 3.8), squeeze=False)
+    categories = sorted(set().union(*[set(p["category"]) for p in sets.values()]))
+    colour = dict(zip(categories, sns.color_palette(n_colors=len(categories))))     # one colour per category in every panel
     rows = []
     for ax, (name, pred) in zip(axes[0], sets.items()):
         real = pred[pred["label"] == 0]
@@ -170,7 +172,7 @@ def plot_sync_scores(sets: dict[str, pd.DataFrame], folder: Path) -> Path:
                 both = pd.concat([real, group])
                 auc = f", AUC {roc_auc_score(both['label'], both['sync_score']):.2f}"
             sns.kdeplot(group["sync_score"], ax=ax, label=f"{category} (n={len(group)}{auc})", fill=True, alpha=0.2,
-                        warn_singular=False, cut=0)
+                        warn_singular=False, cut=0, color=colour[category])
             rows += [{"eval_set": name, "category": category, "clip_id": c, "sync_score": s}
                      for c, s in zip(group["clip_id"], group["sync_score"])]
         ax.set(title=f"sync score, {name}", xlabel="mean -log p(offset 0)   (high: out of sync)")

@@ -132,9 +132,26 @@ def test_train_resumes_instead_of_starting_over(smoke_run, tmp_path, monkeypatch
                                parameters={"run_name": params["run_name"], "results_dir": params["results_dir"],
                                            "epochs": params["epochs"] + 1, "workers": 0, "device": "cpu",
                                            "batch_size": params["batch_size"], "lr": params["lr"]},
-                               cwd=str(clone / "notebooks"), progress_bar=False)
+                               cwd=str(clone), progress_bar=False)            # the kernel in the root, this time
     history = pd.read_csv(run / "history.csv")
     assert list(history["epoch"]) == list(range(1, params["epochs"] + 2))
+
+
+@pytest.mark.parametrize("name", ["02_build_model", "05_plots"])
+def test_notebooks_run_with_the_kernel_in_the_repository_root_too(smoke_run, tmp_path, monkeypatch, name):
+    """The smoke chain's kernels start in notebooks/ (as JupyterLab starts them); 01 and 03 run
+    from the root in the tests above and below, these two here (04 reads paths as 05 does)."""
+    run, params = smoke_run
+    clone = run.parents[1]
+    monkeypatch.setenv("PYTHONPATH", str(clone))
+    before = (run / "figures" / "roc_curve.png").stat().st_mtime_ns
+    keys = {"02_build_model": ("run_name", "results_dir", "fusion", "trunk_stride"), "05_plots": ("run_name", "results_dir")}
+    papermill.execute_notebook(str(clone / "notebooks" / f"{name}.ipynb"), str(tmp_path / "out.ipynb"),
+                               parameters={k: params[k] for k in keys[name]}, cwd=str(clone), progress_bar=False)
+    if name == "05_plots":
+        assert (run / "figures" / "roc_curve.png").stat().st_mtime_ns > before
+    else:
+        assert json.loads((run / "model.json").read_text())["fusion"] == "sync"
 
 
 @pytest.mark.parametrize("notebook,params,message", [
