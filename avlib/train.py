@@ -71,9 +71,6 @@ def _bar(loader, desc: str, progress: bool):
     return tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch")
 
 
-OBJECTIVES = ("classify", "sync")
-
-
 def _forward(model, video, audio, labels, extra, *, criterion, objective: str, sync_weight: float,
              want_sync: bool = False):
     """(logits, sync dict or None, loss) of one batch: cross-entropy, plus `sync_weight` x the
@@ -151,6 +148,8 @@ def predict(model: nn.Module, loader, device: torch.device, *, amp: bool = False
     with `sync` (a sync model), also sync_score, sync_offset (frames) and sync_confidence per clip
     and sync_loss (the offset loss on the real clips).
     `loss` is the cross-entropy (with `criterion`), or for objective 'sync' the offset loss."""
+    from avlib.sync import sync_loss
+
     model.eval()
     probs, labels_all, total_loss = [], [], 0.0
     sync_out = {k: [] for k in SYNC_OUTPUTS}
@@ -166,8 +165,6 @@ def predict(model: nn.Module, loader, device: torch.device, *, amp: bool = False
         if loss is not None:
             total_loss += loss.item() * len(labels)
         if sync_dict is not None:
-            from avlib.sync import sync_loss
-
             real = int((labels == 0).sum())
             sync_total += sync_loss(sync_dict["log_p"], labels).item() * real
             n_real += real
