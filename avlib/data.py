@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, WeightedRandomSampler
 
 from avlib import cache
 
@@ -18,10 +18,21 @@ class CachedClips(Dataset):
     models read). Raises CacheError when a waveform is asked of a cache that keeps none.
     `real_only` keeps the real clips (label 0): what the sync objective trains on.
 
+    Training augmentation (avlib.augment): `augment` names what to apply to every clip;
+    `self_blend` is the probability that a real clip is loaded as a self-blended fake (label 1).
+    Only a training loader's keys augment: dataset[(i, token)] (what `make_loader` asks for when
+    the dataset augments) draws from (token, i); dataset[i] is the clip as cached. `labels` stay
+    the cache's labels.
+
     `index` is the DataFrame of the clips in order (for predictions.csv)."""
 
     def __init__(self, cache_dir: str | Path, split: str = "train", *, waveform: bool = False,
-                 real_only: bool = False):
+                 real_only: bool = False, augment=(), self_blend: float = 0.0):
+        from avlib.augment import parse_augment
+
+        self.augment, self.self_blend = parse_augment(augment), float(self_blend)
+        if not 0.0 <= self.self_blend <= 1.0:
+            raise ValueError(f"parameter `self_blend` must be a probability in [0, 1], got {self_blend!r}")
         self.cache_dir = Path(cache_dir)
         self.manifest = cache.read_manifest(self.cache_dir)
         self.waveform = waveform
@@ -34,14 +45,27 @@ class CachedClips(Dataset):
         self.labels = self.index["label"].to_numpy(dtype=np.int64)
         self._ids = self.index["clip_id"].tolist()
 
+    @property
+    def augments(self) -> bool:
+        return bool(self.augment) or self.self_blend > 0
+
     def __len__(self) -> int:
         return len(self._ids)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key):
+        i, token = key if isinstance(key, tuple) else (key, None)
         video, mfcc = cache.read_clip(self.cache_dir, self._ids[i], self.manifest)
         if not video.flags.writeable:          # a memory map (older caches): copy out of the file
             video = np.array(video)
-        item = (torch.from_numpy(video), torch.from_numpy(np.array(mfcc)), int(self.labels[i]))
+        label = int(self.labels[i])
+        if self.augments and token is not None:
+            from avlib.augment import augment_clip, self_blend
+
+            rng = np.random.default_rng([int(token), int(i)])
+            if label == 0 and self.self_blend > 0 and rng.random() < self.self_blend:
+                video, label = self_blend(video, rng), 1
+            video = augment_clip(video, self.augment, rng)
+        item = (torch.from_numpy(video), torch.from_numpy(np.array(mfcc)), label)
         if self.waveform:
             wave = cache.read_waveform(self.cache_dir, self._ids[i], self.manifest)
             item += (torch.from_numpy(wave.astype(np.float32) / 32768.0),)
@@ -86,6 +110,34 @@ class RandomClips(Dataset):
         return video, torch.randn(self.mfcc_shape, generator=g), int(torch.randint(0, 2, (1,), generator=g))
 
 
+class SeededSampler(Sampler):
+    """Wraps a training sampler to yield (index, token) keys: token is drawn once per pass from
+    the wrapped sampler's generator (reseeded every epoch by `fit`), or is seed x 100003 + epoch
+    for a DistributedSampler. A clip's augmentation then depends on the epoch and its index only,
+    whichever worker loads it and whether the run was resumed. `generator` and `set_epoch`
+    reach the wrapped sampler."""
+
+    def __init__(self, base: Sampler):
+        self.base = base
+
+    def __getattr__(self, name):
+        if name == "base":
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __iter__(self):
+        generator = getattr(self.base, "generator", None)
+        if generator is not None:
+            token = int(torch.randint(2 ** 62, (1,), generator=generator))
+        else:
+            token = int(self.base.seed) * 100003 + int(self.base.epoch)
+        for i in self.base:
+            yield (int(i), token)
+
+
 def make_loader(dataset: Dataset, *, batch_size: int, train: bool, workers: int = 0,
                 device: torch.device | None = None, balance: str = "none", seed: int = 0) -> DataLoader:
     """A DataLoader for training (shuffled, or class-balanced when balance='sampler') or
@@ -109,6 +161,12 @@ def make_loader(dataset: Dataset, *, batch_size: int, train: bool, workers: int 
             sampler = WeightedRandomSampler(weights, num_samples=len(labels), replacement=True, generator=generator)
         else:
             sampler = RandomSampler(dataset, generator=generator)
+    if train and getattr(dataset, "augments", False):
+        sampler = SeededSampler(sampler)
     pin = device is not None and device.type == "cuda"
+    # Workers persist across epochs for training only. An evaluation loader's persistent workers
+    # outlive its one pass, and the next loader's forked workers inherit its iterator: when they
+    # collect it, PyTorch prints "AssertionError: can only test a child process" (04 scoring
+    # its external sets printed it four times).
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
-                      pin_memory=pin, persistent_workers=workers > 0, drop_last=False)
+                      pin_memory=pin, persistent_workers=train and workers > 0, drop_last=False)

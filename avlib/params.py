@@ -71,6 +71,22 @@ def _amp(name, value):
         raise ParameterError(f"parameter `{name}` must be true, false or auto, got {value!r}")
 
 
+def _probability(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ParameterError(f"parameter `{name}` must be a probability in [0, 1], got {value!r}")
+
+
+def _augment(name, value):
+    from avlib.augment import parse_augment
+
+    try:
+        if not isinstance(value, str):
+            raise ValueError(f"must be a comma-separated string, got {value!r}")
+        parse_augment(value)
+    except ValueError as e:
+        raise ParameterError(f"parameter `{name}` {e}") from None
+
+
 def _styles(name, value):
     from avlib.synthetic_styles import STYLES, parse_styles
 
@@ -127,6 +143,8 @@ RULES = {
     "trunk_stride": lambda n, v: _int(n, v, 1),
     "objective": _choice(("classify", "sync")),
     "sync_weight": _nonnegative,
+    "augment": _augment,
+    "self_blend": _probability,
     "live_curves": _bool,
     "external_cache_dirs": _external_sets,
 }

@@ -158,8 +158,13 @@ def train_stage(*, run_name: str, results_dir: str, cache_dir: str = "", epochs:
                 channels_last: bool = True, compile: bool = False, balance: str = "none",
                 select_metric: str = "val_accuracy", keep_last: int = 2,
                 resume: bool = True, deterministic: bool = False, progress: bool = True, log=print,
-                objective: str = "classify", sync_weight: float = 1.0) -> pd.DataFrame:
+                objective: str = "classify", sync_weight: float = 1.0, augment: str = "",
+                self_blend: float = 0.0) -> pd.DataFrame:
     """Train the run's model on the cache's train split, validating on its val split.
+
+    `augment` (comma-separated: flip, colour, noise, compress) and `self_blend` (probability
+    that a real training clip becomes a self-blended fake; objective 'classify' only) change
+    the training clips as they load (avlib.augment); validation clips are never changed.
 
     objective 'classify': cross-entropy, plus for sync models `sync_weight` x the offset loss
     on real clips. objective 'sync': the offset loss alone, on the real clips only (any cache,
@@ -191,7 +196,8 @@ def train_stage(*, run_name: str, results_dir: str, cache_dir: str = "", epochs:
             log(f"objective sync: best.pt is the epoch with the lowest offset loss on the real validation clips "
                 f"(select_metric val_loss, not {select_metric})")
             select_metric = "val_loss"
-        train_set = CachedClips(cache, "train", waveform=sync, real_only=real_only)
+        train_set = CachedClips(cache, "train", waveform=sync, real_only=real_only, augment=augment,
+                                self_blend=0.0 if real_only else self_blend)
         val_set = CachedClips(cache, "val", waveform=sync, real_only=real_only)
         if len(train_set) == 0 or len(val_set) == 0:
             raise MissingInputError(f"{cache} has {len(train_set)} training and {len(val_set)} validation clips; "
@@ -207,7 +213,8 @@ def train_stage(*, run_name: str, results_dir: str, cache_dir: str = "", epochs:
         val_loader = make_loader(val_set, batch_size=batch_size, train=False, workers=workers, device=dev)
         params = dict(run_name=run_name, cache_dir=portable(cache), epochs=epochs, batch_size=batch_size, lr=lr,
                       seed=seed, amp=amp, channels_last=channels_last, balance=balance, select_metric=select_metric,
-                      objective=objective, sync_weight=sync_weight if sync else 0.0)
+                      objective=objective, sync_weight=sync_weight if sync else 0.0,
+                      augment=",".join(train_set.augment), self_blend=train_set.self_blend)
         model_identity = {k: spec[k] for k in ("n_mfcc", "modality", "parameters")}
         if sync:             # concat runs keep the identity older checkpoints were written with
             model_identity.update(fusion="sync", objective=objective)

@@ -32,7 +32,7 @@ def test_the_default_model_is_the_seeds_and_sync_adds_a_branch():
     assert model_config(concat)["fusion"] == "concat" and not hasattr(concat, "sync")
     sync = build_model(fusion="sync", fps=16.0, frames=32, trunk_stride=4)
     assert count_parameters(sync) - count_parameters(sync.sync) - count_parameters(sync.sync_norm) \
-        - 6 * 256 == 31_946_527                                      # classifier's first layer sees 6 more inputs
+        - 6 * 256 - (6 * 2 + 2) == 31_946_527      # classifier's first layer sees 6 more inputs; the sync head
     logits, out = sync(torch.rand(2, 3, 32, 32, 32), torch.randn(2, 50, 40), 0.1 * torch.randn(2, 32000),
                        with_sync=True)
     assert logits.shape == (2, 2) and out["log_p"].shape == (2, 32, 21) and out["features"].shape == (2, 6)
