@@ -3,6 +3,7 @@ synthetic talking faces, and sync models going through the same paths as concat 
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 
 from avlib import stages
 from avlib.cache import CacheError
@@ -95,6 +96,14 @@ def test_real_only_objective_recovers_known_shifts():
     with torch.no_grad():
         found = branch(test_video, test_wave)["offset"].numpy()
     assert np.mean(found == np.array(delays)) >= 0.9, list(zip(found, delays))
+    # an untrained sync model's head already reads that branch as the sync score: out of sync -> fake
+    model = build_model(fusion="sync", fps=fps, frames=frames, trunk_stride=4)
+    model.sync = branch
+    with torch.no_grad():
+        fake_margin = model.eval().sync_head(model.sync_norm(branch(test_video, test_wave)["features"])) @ torch.tensor([-1.0, 1.0])
+    far = np.abs(delays) >= 2
+    keep = far | (np.array(delays) == 0)
+    assert roc_auc_score(far[keep], fake_margin.numpy()[keep]) >= 0.9
 
 
 @pytest.fixture
