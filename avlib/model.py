@@ -153,7 +153,13 @@ class DeepfakeDetector(nn.Module):
             if waveform is None:
                 raise ValueError("a fusion='sync' model needs the waveform: model(video, mfcc, waveform)")
             sync = self.sync(video, waveform)
-            sync_feat = self.sync_norm(sync["features"].detach().float())
+            sync_feat = sync["features"].detach().float()
+            if self.training and len(sync_feat) == 1:    # a last batch of one clip has no batch statistics
+                norm = self.sync_norm
+                sync_feat = nn.functional.batch_norm(sync_feat, norm.running_mean, norm.running_var, norm.weight,
+                                                     norm.bias, False, 0.0, norm.eps)
+            else:
+                sync_feat = self.sync_norm(sync_feat)
             parts.append(sync_feat)
         fused = torch.cat(parts, dim=1)
         with torch.autocast(device_type=fused.device.type, enabled=False):

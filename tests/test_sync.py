@@ -38,6 +38,8 @@ def test_the_default_model_is_the_seeds_and_sync_adds_a_branch():
                        with_sync=True)
     assert logits.shape == (2, 2) and out["log_p"].shape == (2, 32, 21) and out["features"].shape == (2, 6)
     assert torch.isinf(out["logits"][:, 0, 0]).all() and torch.isfinite(out["logits"][:, 10, :]).all()   # masked edges
+    one = sync.train()(torch.rand(1, 3, 32, 32, 32), torch.randn(1, 50, 40), 0.1 * torch.randn(1, 32000))
+    assert one.shape == (1, 2) and torch.isfinite(one).all()        # a last training batch of one clip
     with pytest.raises(ValueError, match="waveform"):
         sync(torch.rand(2, 3, 32, 32, 32), torch.randn(2, 50, 40))
 
