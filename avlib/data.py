@@ -164,9 +164,17 @@ def make_loader(dataset: Dataset, *, batch_size: int, train: bool, workers: int 
     if train and getattr(dataset, "augments", False):
         sampler = SeededSampler(sampler)
     pin = device is not None and device.type == "cuda"
-    # Workers persist across epochs for training only. An evaluation loader's persistent workers
-    # outlive its one pass, and the next loader's forked workers inherit its iterator: when they
-    # collect it, PyTorch prints "AssertionError: can only test a child process" (04 scoring
-    # its external sets printed it four times).
+    # Workers persist across epochs for training only: an evaluation loader makes one pass.
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
-                      pin_memory=pin, persistent_workers=train and workers > 0, drop_last=False)
+                      pin_memory=pin, persistent_workers=train and workers > 0, drop_last=False,
+                      worker_init_fn=_leave_inherited_objects_alone if workers > 0 else None)
+
+
+def _leave_inherited_objects_alone(worker_id: int) -> None:
+    """A forked worker inherits the parent's uncollected garbage, earlier loaders' iterators
+    included; when the worker's garbage collector reached one, its __del__ printed
+    "AssertionError: can only test a child process" (04 of a sync model, four times a run).
+    gc.freeze() keeps every inherited object out of the worker's collections."""
+    import gc
+
+    gc.freeze()
