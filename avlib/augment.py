@@ -55,6 +55,14 @@ def _video(frames: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.clip(np.rint(frames), 0, 255).astype(np.uint8).transpose(3, 0, 1, 2))
 
 
+def _resample(frames: np.ndarray, scale: float, up: int) -> np.ndarray:
+    """Each frame (T, H, W, 3) shrunk by `scale` (area averaging) and enlarged back with `up`."""
+    h, w = frames.shape[1:3]
+    small = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
+    return np.stack([cv2.resize(cv2.resize(f, small, interpolation=cv2.INTER_AREA), (w, h), interpolation=up)
+                     for f in frames])
+
+
 def augment_clip(video: np.ndarray, names, rng: np.random.Generator) -> np.ndarray:
     """`video` (uint8, 3 x T x H x W) with the augmentations `names`, each drawn once per clip
     (grain: per frame). Returns a new uint8 array of the same shape."""
@@ -77,11 +85,7 @@ def augment_clip(video: np.ndarray, names, rng: np.random.Generator) -> np.ndarr
             frames = np.stack([cv2.imdecode(cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, quality])[1],
                                             cv2.IMREAD_UNCHANGED) for f in frames])
         else:
-            h, w = frames.shape[1:3]
-            scale = rng.uniform(0.5, 0.9)
-            small = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
-            frames = np.stack([cv2.resize(cv2.resize(f, small, interpolation=cv2.INTER_AREA), (w, h),
-                                          interpolation=cv2.INTER_LINEAR) for f in frames])
+            frames = _resample(frames, rng.uniform(0.5, 0.9), cv2.INTER_LINEAR)
         frames = frames.astype(np.float32)
     return _video(frames)
 
@@ -102,10 +106,7 @@ def self_blend(video: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         source = np.stack([f + amount * (f - cv2.GaussianBlur(f, (0, 0), unit)) for f in frames])
     else:
         scale = rng.uniform(0.35, 0.7)
-        small = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
-        up = cv2.INTER_NEAREST if rng.random() < 0.5 else cv2.INTER_LINEAR
-        source = np.stack([cv2.resize(cv2.resize(f, small, interpolation=cv2.INTER_AREA), (w, h), interpolation=up)
-                           for f in frames])
+        source = _resample(frames, scale, cv2.INTER_NEAREST if rng.random() < 0.5 else cv2.INTER_LINEAR)
     source = source * rng.uniform(0.9, 1.1, 3).astype(np.float32) + rng.normal(0, 10, 3).astype(np.float32)
     cx, cy = w * (0.5 + rng.normal(0, 0.03)), h * rng.uniform(0.55, 0.72)
     rx, ry = w * rng.uniform(0.2, 0.36), h * rng.uniform(0.16, 0.32)
