@@ -11,6 +11,9 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Weight
 
 from avlib import cache
 
+VIDEO_FAKE = ("FVRA", "FVFA")          # FakeAVCeleb's categories whose video is manipulated
+AUDIO_ONLY_FAKE = ("RVFA",)
+
 
 class CachedClips(Dataset):
     """Clips of one split of a cache: (video uint8 (3,T,H,W), mfcc float32 (S,n), label int), and
@@ -24,10 +27,15 @@ class CachedClips(Dataset):
     the dataset augments) draws from (token, i); dataset[i] is the clip as cached. `labels` stay
     the cache's labels.
 
+    `video_labels` appends a last item, 1 when the clip's video is manipulated (FakeAVCeleb's
+    FVRA and FVFA, and self-blended clips), 0 when it is not (real clips, RVFA): the target of a
+    video head (03's `video_loss`). Raises ValueError naming the categories when a fake clip's
+    category does not say which modality was manipulated.
+
     `index` is the DataFrame of the clips in order (for predictions.csv)."""
 
     def __init__(self, cache_dir: str | Path, split: str = "train", *, waveform: bool = False,
-                 real_only: bool = False, augment=(), self_blend: float = 0.0):
+                 real_only: bool = False, augment=(), self_blend: float = 0.0, video_labels: bool = False):
         from avlib.augment import parse_augment
 
         self.augment, self.self_blend = parse_augment(augment), float(self_blend)
@@ -44,6 +52,14 @@ class CachedClips(Dataset):
         self.split = split
         self.labels = self.index["label"].to_numpy(dtype=np.int64)
         self._ids = self.index["clip_id"].tolist()
+        self.video_labels = None
+        if video_labels:
+            categories = self.index["category"].astype(str)
+            unknown = sorted(set(categories[(self.labels == 1) & ~categories.isin(VIDEO_FAKE + AUDIO_ONLY_FAKE)]))
+            if unknown:
+                raise ValueError(f"{self.cache_dir}: fake clips of categories {', '.join(unknown)} do not say whether "
+                                 f"their video was manipulated (known: {', '.join(VIDEO_FAKE + AUDIO_ONLY_FAKE)})")
+            self.video_labels = categories.isin(VIDEO_FAKE).to_numpy(dtype=np.int64)
 
     @property
     def augments(self) -> bool:
@@ -58,17 +74,21 @@ class CachedClips(Dataset):
         if not video.flags.writeable:          # a memory map (older caches): copy out of the file
             video = np.array(video)
         label = int(self.labels[i])
+        video_label = int(self.video_labels[i]) if self.video_labels is not None else None
         if self.augments and token is not None:
             from avlib.augment import augment_clip, self_blend
 
             rng = np.random.default_rng([int(token), int(i)])
             if label == 0 and self.self_blend > 0 and rng.random() < self.self_blend:
                 video, label = self_blend(video, rng), 1
+                video_label = None if video_label is None else 1
             video = augment_clip(video, self.augment, rng)
         item = (torch.from_numpy(video), torch.from_numpy(np.array(mfcc)), label)
         if self.waveform:
             wave = cache.read_waveform(self.cache_dir, self._ids[i], self.manifest)
             item += (torch.from_numpy(wave.astype(np.float32) / 32768.0),)
+        if video_label is not None:
+            item += (video_label,)
         return item
 
 

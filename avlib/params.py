@@ -141,10 +141,13 @@ RULES = {
     "modality": _choice(("av", "video", "audio")),
     "fusion": _choice(("concat", "sync")),
     "trunk_stride": lambda n, v: _int(n, v, 1),
+    "video_encoder": _choice(("r2plus1d_18", "framediff")),
     "objective": _choice(("classify", "sync")),
     "sync_weight": _nonnegative,
     "augment": _augment,
     "self_blend": _probability,
+    "video_head": _bool,
+    "video_loss": _nonnegative,
     "live_curves": _bool,
     "external_cache_dirs": _external_sets,
 }

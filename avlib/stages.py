@@ -86,7 +86,8 @@ def locate_cache(results_dir: str, run_name: str, cache_dir: str = "") -> Path:
 
 def build_model_stage(*, run_name: str, results_dir: str, cache_dir: str = "", modality: str = "av",
                       video_weights: str = "", device: str = "cpu", batch_size: int = 2, fusion: str = "concat",
-                      trunk_stride: int = 1, sync_weights: str = ""):
+                      trunk_stride: int = 1, sync_weights: str = "", video_encoder: str = "r2plus1d_18",
+                      video_head: bool = False):
     """Build the detector for the cached clip shapes, run one forward pass on a batch of
     cached clips, and write results/<run_name>/model.json. Returns (model, summary).
 
@@ -109,7 +110,8 @@ def build_model_stage(*, run_name: str, results_dir: str, cache_dir: str = "", m
     sync_init = str(resolve(sync_weights)) if sync_weights else ""
     model = build_model(n_mfcc=manifest["n_mfcc"], modality=modality, video_weights=weights or None, fusion=fusion,
                         fps=manifest["fps"], frames=manifest["frames"], trunk_stride=trunk_stride,
-                        sample_rate=manifest.get("sample_rate", 16000), sync_weights=sync_init or None)
+                        sample_rate=manifest.get("sample_rate", 16000), sync_weights=sync_init or None,
+                        video_encoder=video_encoder, video_head=video_head)
     dev = pick_device(device)
     model.to(dev).eval()
     video = torch.randint(0, 256, (batch_size, 3, manifest["frames"], manifest["size"], manifest["size"]), dtype=torch.uint8)
@@ -123,7 +125,8 @@ def build_model_stage(*, run_name: str, results_dir: str, cache_dir: str = "", m
     parts = [("video_encoder", model.video_encoder), ("audio_encoder", model.audio_encoder),
              ("classifier", model.classifier)] + ([("sync", model.sync)] if fusion == "sync" else [])
     summary = {
-        "n_mfcc": manifest["n_mfcc"], "modality": modality, "video_weights": video_weights,
+        "n_mfcc": manifest["n_mfcc"], "modality": modality, "video_encoder": video_encoder, "video_head": video_head,
+        "video_weights": video_weights,
         "fusion": fusion, "trunk_stride": trunk_stride, "sync_weights": sync_weights,
         "fps": manifest["fps"], "frames": manifest["frames"], "sample_rate": manifest.get("sample_rate", 16000),
         "parameters": count_parameters(model),
@@ -159,7 +162,7 @@ def train_stage(*, run_name: str, results_dir: str, cache_dir: str = "", epochs:
                 select_metric: str = "val_accuracy", keep_last: int = 2,
                 resume: bool = True, deterministic: bool = False, progress: bool = True, log=print,
                 objective: str = "classify", sync_weight: float = 1.0, augment: str = "",
-                self_blend: float = 0.0) -> pd.DataFrame:
+                self_blend: float = 0.0, video_loss: float = 0.0) -> pd.DataFrame:
     """Train the run's model on the cache's train split, validating on its val split.
 
     `augment` (comma-separated: flip, colour, noise, compress) and `self_blend` (probability
@@ -169,7 +172,13 @@ def train_stage(*, run_name: str, results_dir: str, cache_dir: str = "", epochs:
     objective 'classify': cross-entropy, plus for sync models `sync_weight` x the offset loss
     on real clips. objective 'sync': the offset loss alone, on the real clips only (any cache,
     real-only corpora included); its best.pt can initialise a later sync model (02's
-    `sync_weights`). Raises ParameterError for objective 'sync' on a concat model."""
+    `sync_weights`). Raises ParameterError for objective 'sync' on a concat model.
+
+    `video_loss` > 0 adds that weight x the video head's binary cross-entropy against "the
+    video is manipulated" (FakeAVCeleb's FVRA and FVFA; self-blended clips): the trunk learns
+    visual cues even where the audio alone would explain a fake. Needs a model built with
+    02's `video_head` and a corpus whose categories say which modality is fake (ParameterError
+    otherwise)."""
     import os
 
     import torch
@@ -192,12 +201,31 @@ def train_stage(*, run_name: str, results_dir: str, cache_dir: str = "", epochs:
             raise ParameterError("parameter `objective`: 'sync' trains a sync branch, and this run's model has none; "
                                  "build it with fusion: sync in 02_build_model")
         real_only = objective == "sync"
+        video_loss = 0.0 if real_only else float(video_loss)
+        if video_loss > 0 and not spec.get("video_head"):
+            from avlib.params import ParameterError
+
+            raise ParameterError(f"parameter `video_loss` ({video_loss}) trains the model's video head, and this run's "
+                                 f"model has none; build it with video_head: true in 02_build_model")
+        if not real_only and video_loss == 0 and spec.get("video_head"):
+            from avlib.params import ParameterError
+
+            raise ParameterError("parameter `video_loss` is 0, and this run's model has a video head: its video trunk "
+                                 "learns from video_loss alone, so it would stay untrained; set video_loss > 0 "
+                                 "(e.g. 1.0) or build the model without video_head")
         if real_only and select_metric != "val_loss":      # accuracy and AUC of an untrained classifier mean nothing
             log(f"objective sync: best.pt is the epoch with the lowest offset loss on the real validation clips "
                 f"(select_metric val_loss, not {select_metric})")
             select_metric = "val_loss"
-        train_set = CachedClips(cache, "train", waveform=sync, real_only=real_only, augment=augment,
-                                self_blend=0.0 if real_only else self_blend)
+        try:
+            train_set = CachedClips(cache, "train", waveform=sync, real_only=real_only, augment=augment,
+                                    self_blend=0.0 if real_only else self_blend, video_labels=video_loss > 0)
+        except ValueError as err:
+            if video_loss <= 0 or "categories" not in str(err):
+                raise
+            from avlib.params import ParameterError
+
+            raise ParameterError(f"parameter `video_loss` needs per-modality labels: {err}") from None
         val_set = CachedClips(cache, "val", waveform=sync, real_only=real_only)
         if len(train_set) == 0 or len(val_set) == 0:
             raise MissingInputError(f"{cache} has {len(train_set)} training and {len(val_set)} validation clips; "
@@ -214,7 +242,7 @@ def train_stage(*, run_name: str, results_dir: str, cache_dir: str = "", epochs:
         params = dict(run_name=run_name, cache_dir=portable(cache), epochs=epochs, batch_size=batch_size, lr=lr,
                       seed=seed, amp=amp, channels_last=channels_last, balance=balance, select_metric=select_metric,
                       objective=objective, sync_weight=sync_weight if sync else 0.0,
-                      augment=",".join(train_set.augment), self_blend=train_set.self_blend)
+                      augment=",".join(train_set.augment), self_blend=train_set.self_blend, video_loss=video_loss)
         model_identity = {k: spec[k] for k in ("n_mfcc", "modality", "parameters")}
         if sync:             # concat runs keep the identity older checkpoints were written with
             model_identity.update(fusion="sync", objective=objective)
@@ -223,7 +251,7 @@ def train_stage(*, run_name: str, results_dir: str, cache_dir: str = "", epochs:
                    device=dev, seed=seed, amp=amp, channels_last=channels_last, compile=compile, balance=balance,
                    select_metric=select_metric, keep_last=keep_last, resume=resume, identity=identity,
                    params=params, progress=progress, log=log, objective=objective,
-                   sync_weight=sync_weight if sync else 0.0)
+                   sync_weight=sync_weight if sync else 0.0, video_weight=video_loss)
 
 
 # ---------------------------------------------------------------- 04 evaluate

@@ -27,7 +27,7 @@ import torch.nn as nn
 from sklearn.metrics import roc_auc_score
 
 from avlib.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from avlib.model import model_config, video_to_model_input
+from avlib.model import model_config, to_channels_last, video_to_model_input
 from avlib.paths import write_csv
 from avlib.progress import Heartbeat, format_duration
 
@@ -72,30 +72,37 @@ def _bar(loader, desc: str, progress: bool):
 
 
 def _forward(model, video, audio, labels, extra, *, criterion, objective: str, sync_weight: float,
-             want_sync: bool = False):
+             want_sync: bool = False, video_labels: torch.Tensor | None = None, video_weight: float = 0.0):
     """(logits, sync dict or None, loss) of one batch: cross-entropy, plus `sync_weight` x the
-    InfoNCE offset loss on the batch's real clips; objective 'sync' trains that loss alone."""
+    InfoNCE offset loss on the batch's real clips, plus `video_weight` x the binary
+    cross-entropy of the model's video head against `video_labels` (1: the video is
+    manipulated); objective 'sync' trains the offset loss alone."""
     from avlib.sync import sync_loss
 
     use_sync = objective == "sync" or sync_weight > 0 or want_sync
-    out = model(video, audio, *extra, with_sync=True) if use_sync else model(video, audio, *extra)
-    logits, sync = out if use_sync else (out, None)
-    logits = logits.float()
+    use_video = video_weight > 0 and video_labels is not None and objective != "sync"
+    out = model(video, audio, *extra, with_sync=use_sync, with_video=use_video)
+    out = out if isinstance(out, tuple) else (out,)
+    logits, sync = out[0].float(), (out[1] if use_sync else None)
     if objective == "sync":
         return logits, sync, sync_loss(sync["log_p"], labels)
     loss = criterion(logits, labels) if criterion is not None else None
     if sync_weight > 0 and loss is not None:
         loss = loss + sync_weight * sync_loss(sync["log_p"], labels)
+    if use_video and loss is not None:
+        loss = loss + video_weight * nn.functional.binary_cross_entropy_with_logits(out[-1].float(), video_labels.float())
     return logits, sync, loss
 
 
 def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, loader,
                     device: torch.device, epoch: int, *, amp: bool = False, channels_last: bool = True,
-                    progress: bool = False, objective: str = "classify", sync_weight: float = 0.0) -> dict:
+                    progress: bool = False, objective: str = "classify", sync_weight: float = 0.0,
+                    video_weight: float = 0.0) -> dict:
     """One pass over `loader`; returns loss, accuracy, auc, seconds, clips_per_s.
 
     Batches are (video, mfcc, labels, *extra); the extra tensors (a sync model's waveform) are
-    passed on to the model. `objective`/`sync_weight`: see `_forward`.
+    passed on to the model, except with `video_weight` > 0 the last, the video labels
+    (CachedClips(video_labels=True)). `objective`/`sync_weight`/`video_weight`: see `_forward`.
 
     Raises NonFiniteLossError naming the epoch and batch when the loss is not finite (the
     step is not applied)."""
@@ -106,9 +113,11 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
         video = video_to_model_input(video, device, channels_last=channels_last)
         audio, labels = audio.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         extra = [x.to(device, non_blocking=True) for x in extra]
+        video_labels = extra.pop() if video_weight > 0 else None
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits, _, loss = _forward(model, video, audio, labels, extra, criterion=criterion,
-                                       objective=objective, sync_weight=sync_weight)
+                                       objective=objective, sync_weight=sync_weight,
+                                       video_labels=video_labels, video_weight=video_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         # The norm only (clip_grad_norm_ would multiply every gradient by NaN/inf when one is bad,
@@ -296,7 +305,7 @@ def fit(model: nn.Module, train_loader, val_loader, *, run_dir: str | Path, epoc
         device: torch.device, seed: int = 0, amp: bool = False, channels_last: bool = True,
         compile: bool = False, balance: str = "none", select_metric: str = "val_accuracy", keep_last: int = 2, resume: bool = True,
         identity: dict | None = None, params: dict | None = None, progress: bool = True,
-        log=print, objective: str = "classify", sync_weight: float = 0.0) -> pd.DataFrame:
+        log=print, objective: str = "classify", sync_weight: float = 0.0, video_weight: float = 0.0) -> pd.DataFrame:
     """Train to `epochs` (resuming from the last complete epoch when resume=True) and return
     the history. Writes run_dir/history.csv and run_dir/checkpoints/{last,best,epoch_NNN}.pt.
 
@@ -305,7 +314,9 @@ def fit(model: nn.Module, train_loader, val_loader, *, run_dir: str | Path, epoc
     torch.compile (the first step compiles: about a minute on a 2-core CPU; on that CPU it
     was 7 % slower than eager, on GPUs it usually pays); checkpoints hold the plain model.
     `objective` and `sync_weight` (sync models): see `_forward`; their history also has
-    val_sync_loss, val_offset_accuracy (real clips found at offset 0) and val_sync_auc."""
+    val_sync_loss, val_offset_accuracy (real clips found at offset 0) and val_sync_auc.
+    `video_weight` > 0 (a model with a video head, a training set with video_labels=True):
+    see `_forward`."""
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -315,7 +326,7 @@ def fit(model: nn.Module, train_loader, val_loader, *, run_dir: str | Path, epoc
     params = _plain(params or {})
     model.to(device)
     if channels_last:
-        model.to(memory_format=torch.channels_last_3d)
+        to_channels_last(model)
     if device.type == "cuda" and not torch.are_deterministic_algorithms_enabled():
         torch.backends.cudnn.benchmark = True     # clip shapes are fixed: cuDNN times its 3-D kernels once, keeps the fastest
     rank, world = distributed_rank_and_size()
@@ -355,7 +366,7 @@ def fit(model: nn.Module, train_loader, val_loader, *, run_dir: str | Path, epoc
         beat = Heartbeat(every=45.0, log=log)     # a line at least every minute, however long the epoch
         tr = train_one_epoch(net, criterion, optimizer, beat(train_loader, f"epoch {epoch}/{epochs} training"),
                              device, epoch, amp=amp, channels_last=channels_last, progress=progress and rank == 0,
-                             objective=objective, sync_weight=sync_weight)
+                             objective=objective, sync_weight=sync_weight, video_weight=video_weight)
         if world > 1:
             tr = _gather_epoch(tr)
             _broadcast_buffers(model)   # BatchNorm running statistics: rank 0's everywhere, as in its checkpoint

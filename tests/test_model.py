@@ -82,10 +82,10 @@ def test_video_weights_file_that_is_not_a_checkpoint_is_a_clear_error(tmp_path):
         build_model(video_weights=tmp_path / "junk.pth")
 
 
-def _trained_tiny_model():
+def _trained_tiny_model(video_encoder="r2plus1d_18"):
     """A model whose BatchNorm statistics and MFCC normalisation are not the defaults."""
     torch.manual_seed(0)
-    model = build_model()
+    model = build_model(video_encoder=video_encoder)
     model.audio_encoder.set_normalization(torch.randn(40), torch.rand(40) + 0.5)
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
     video, audio, labels = torch.rand(4, 3, 4, 16, 16), torch.randn(4, 20, 40), torch.tensor([0, 1, 0, 1])
@@ -97,13 +97,15 @@ def _trained_tiny_model():
     return model.eval(), video, audio
 
 
-@pytest.mark.parametrize("amp,tolerance", [(False, 1e-5), (True, 0.02)])
-def test_inference_copy_folds_batchnorm_and_scores_like_the_model(amp, tolerance):
-    model, video, audio = _trained_tiny_model()
+@pytest.mark.parametrize("amp,tolerance,video_encoder", [(False, 1e-5, "r2plus1d_18"), (True, 0.02, "r2plus1d_18"),
+                                                          (False, 1e-5, "framediff"), (True, 0.02, "framediff")])
+def test_inference_copy_folds_batchnorm_and_scores_like_the_model(amp, tolerance, video_encoder):
+    model, video, audio = _trained_tiny_model(video_encoder)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     fast = inference_model(model, amp=amp)
-    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in fast.modules())
-    assert any(isinstance(m, torch.nn.BatchNorm3d) for m in model.modules())      # the original keeps its BN
+    norms = (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
+    assert not any(isinstance(m, norms) for m in fast.video_encoder.modules())
+    assert any(isinstance(m, norms) for m in model.video_encoder.modules())      # the original keeps its BN
     with torch.no_grad():
         reference = torch.softmax(model(video, audio), 1)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
@@ -119,6 +121,58 @@ def test_compiled_inference_copy_scores_like_the_model():
         reference = torch.softmax(model(video, audio), 1)
         scored = torch.softmax(compiled(video, audio), 1)
     assert (scored - reference).abs().max() < 1e-4
+
+
+def test_framediff_encoder_is_rebuilt_from_its_config_and_refuses_r2plus1d_weights(tmp_path):
+    from avlib.model import model_config, model_kwargs
+
+    model = build_model(video_encoder="framediff")
+    assert model_config(model)["video_encoder"] == "framediff"
+    assert count_parameters(model.video_encoder) < 1_000_000       # vs 31 M for R(2+1)D-18
+    rebuilt = build_model(**model_kwargs(model_config(model)))
+    rebuilt.load_state_dict(model.state_dict())                    # same modules, same shapes
+    assert model_kwargs({"n_mfcc": 40, "modality": "av"})["video_encoder"] == "r2plus1d_18"   # older checkpoints
+    torch.save(build_model().video_encoder.model.state_dict(), tmp_path / "r2plus1d.pth")
+    with pytest.raises(ValueError, match="video_encoder r2plus1d_18"):
+        build_model(video_encoder="framediff", video_weights=tmp_path / "r2plus1d.pth")
+    with pytest.raises(ValueError, match="video_encoder"):
+        build_model(video_encoder="resnet")
+
+
+def _flicker_clips(n, generator):
+    """Clips (n, 3, 4, 16, 16) of a still random texture; in the odd ones a 5x5 patch is drawn
+    afresh in every frame from the same texture statistics: no single frame shows it."""
+    video = torch.rand(n, 3, 1, 16, 16, generator=generator).expand(n, 3, 4, 16, 16).clone()
+    labels = torch.arange(n) % 2
+    for i in range(1, n, 2):
+        y, x = torch.randint(0, 11, (2,), generator=generator).tolist()
+        video[i, :, :, y:y + 5, x:x + 5] = torch.rand(3, 4, 5, 5, generator=generator)
+    return video, labels
+
+
+def test_framediff_encoder_learns_a_flicker_that_no_single_frame_shows():
+    """The difference channel is what makes the encoder see a region re-rendered frame by frame:
+    trained on 64 clips, it ranks new flickering clips above still ones."""
+    from sklearn.metrics import roc_auc_score
+
+    from avlib.model import FrameDiffEncoder
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    encoder = FrameDiffEncoder(out_features=1, width=8)
+    optimizer = torch.optim.Adam(encoder.parameters(), 3e-3)
+    video, labels = _flicker_clips(64, g)
+    for step in range(60):
+        batch = torch.arange(step * 16, step * 16 + 16) % 64
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(encoder(video[batch]).squeeze(1),
+                                                                    labels[batch].float())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    test_video, test_labels = _flicker_clips(64, g)
+    with torch.no_grad():
+        scores = encoder.eval()(test_video).squeeze(1)
+    assert roc_auc_score(test_labels.numpy(), scores.numpy()) >= 0.9
 
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -1,4 +1,5 @@
 """Training: resume continues exactly, checkpoints are kept by policy, faults are named."""
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -115,3 +116,54 @@ def test_compiled_training_computes_what_eager_does(tiny_cache, tmp_path):
         assert h_compiled[column].iloc[0] == pytest.approx(h_eager[column].iloc[0], rel=1e-3), column
     saved = torch.load(tmp_path / "compiled" / "checkpoints" / "last.pt", weights_only=True)
     assert not any(k.startswith("_orig_mod") for k in saved["model"])       # the plain model's names
+
+
+def test_video_loss_trains_the_video_head_on_per_modality_labels(tiny_cache, tmp_path):
+    data = CachedClips(tiny_cache, "all", video_labels=True)
+    assert data.video_labels.tolist() == [int(c in ("FVRA", "FVFA")) for c in data.index["category"]]
+    assert {"RVFA", "FVRA"} <= set(data.index["category"])          # an audio-only fake is labelled 0
+    assert len(data[0]) == 4 and data[0][-1] == data.video_labels[0]
+    blended = CachedClips(tiny_cache, "all", video_labels=True, self_blend=1.0)
+    real = int((data.labels == 0).argmax())
+    assert blended[(real, 3)][2:] == (1, 1)                           # a self-blend's video is manipulated
+
+    heads = {}
+    for weight in (0.0, 1.0):
+        torch.manual_seed(0)
+        model = build_model(video_encoder="framediff", video_head=True)
+        before = model.video_head.weight.detach().clone()
+        train = make_loader(CachedClips(tiny_cache, "train", video_labels=weight > 0), batch_size=4, train=True)
+        val = make_loader(CachedClips(tiny_cache, "val"), batch_size=4, train=False)
+        fit(model, train, val, run_dir=tmp_path / str(weight), epochs=1, lr=1e-3, device=torch.device("cpu"),
+            progress=False, log=lambda *a: None, keep_last=0, video_weight=weight)
+        heads[weight] = not torch.equal(model.video_head.weight, before)
+    assert heads == {0.0: False, 1.0: True}          # the head is not in the output: only its own loss trains it
+    video, audio = torch.rand(2, 3, 4, 16, 16, requires_grad=True), torch.randn(2, 8, 40)
+    model.zero_grad(set_to_none=True)
+    model.train()(video, audio).sum().backward()
+    assert all(p.grad is None for p in model.video_encoder.parameters())   # nor does the classifier train the trunk
+
+
+def test_video_loss_needs_a_video_head_and_labels_that_name_the_modality(tiny_cache, tmp_path):
+    from avlib import stages
+    from avlib.params import ParameterError
+
+    common = dict(results_dir=str(tmp_path / "results"))
+    stages.preprocess_stage(run_name="r", dataset="dummy", data_dir="", cache_dir=str(tiny_cache), frames=4, size=16,
+                            fps=25.0, n_mfcc=40, mfcc_steps=8, limit=16, progress=False, **common)
+    stages.build_model_stage(run_name="r", **common)
+    train = dict(run_name="r", epochs=1, batch_size=4, lr=1e-3, device="cpu", workers=0, progress=False,
+                 log=lambda *a: None, video_loss=1.0, **common)
+    with pytest.raises(ParameterError, match="video_head: true"):
+        stages.train_stage(**train)
+    stages.build_model_stage(run_name="r", video_encoder="framediff", video_head=True, **common)
+    with pytest.raises(ParameterError, match="`video_loss` is 0.*untrained"):
+        stages.train_stage(**{**train, "video_loss": 0.0})
+    index = pd.read_csv(tiny_cache / "index.csv")
+    folder = index.assign(category=index["category"].where(index["label"] == 0, "fake"))   # real/ and fake/ only
+    folder.to_csv(tiny_cache / "index.csv", index=False)
+    with pytest.raises(ParameterError, match="`video_loss` needs per-modality labels.*fake"):
+        stages.train_stage(**train)
+    index.to_csv(tiny_cache / "index.csv", index=False)
+    history = stages.train_stage(**train)
+    assert len(history) == 1 and np.isfinite(history["train_loss"].iloc[0])
