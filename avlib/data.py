@@ -15,6 +15,10 @@ VIDEO_FAKE = ("FVRA", "FVFA")          # FakeAVCeleb's categories whose video is
 AUDIO_ONLY_FAKE = ("RVFA",)
 
 
+class ModalityLabelError(ValueError):
+    """A fake clip's category does not say whether its video was manipulated."""
+
+
 class CachedClips(Dataset):
     """Clips of one split of a cache: (video uint8 (3,T,H,W), mfcc float32 (S,n), label int), and
     with `waveform=True` a fourth item, the window's waveform float32 (N,) in [-1, 1] (what sync
@@ -29,8 +33,8 @@ class CachedClips(Dataset):
 
     `video_labels` appends a last item, 1 when the clip's video is manipulated (FakeAVCeleb's
     FVRA and FVFA, and self-blended clips), 0 when it is not (real clips, RVFA): the target of a
-    video head (03's `video_loss`). Raises ValueError naming the categories when a fake clip's
-    category does not say which modality was manipulated.
+    video head (03's `video_loss`). Raises ModalityLabelError (a ValueError) naming the
+    categories when a fake clip's category does not say which modality was manipulated.
 
     `index` is the DataFrame of the clips in order (for predictions.csv)."""
 
@@ -57,7 +61,7 @@ class CachedClips(Dataset):
             categories = self.index["category"].astype(str)
             unknown = sorted(set(categories[(self.labels == 1) & ~categories.isin(VIDEO_FAKE + AUDIO_ONLY_FAKE)]))
             if unknown:
-                raise ValueError(f"{self.cache_dir}: fake clips of categories {', '.join(unknown)} do not say whether "
+                raise ModalityLabelError(f"{self.cache_dir}: fake clips of categories {', '.join(unknown)} do not say whether "
                                  f"their video was manipulated (known: {', '.join(VIDEO_FAKE + AUDIO_ONLY_FAKE)})")
             self.video_labels = categories.isin(VIDEO_FAKE).to_numpy(dtype=np.int64)
 

@@ -68,7 +68,7 @@ class FrameDiffEncoder(nn.Module):
     (width, width, 2 x width / 2, 2 x width, 4 x width / 2, 4 x width), max over space; clip:
     mean and sd over time -> fc -> `out_features`. About 0.42 M parameters at width 32.
 
-    Exploratory, video-only, one seed each (3-style synthetic corpus, 16 frames of 32 x 32,
+    Exploratory, video-only, one seed each (a throwaway script, not kept; 3-style synthetic corpus, 16 frames of 32 x 32,
     self-blend 0.3, 10-15 epochs; AUC of visual fakes against the rest): in-domain test
     0.86-0.95 and held-out style 0.78-0.85 with the difference channel, 0.74-0.83 and 0.64-0.76
     without it, 0.55-0.72 and 0.51-0.61 with mean pooling and no self-blend. The demos' figures
@@ -140,14 +140,14 @@ class DeepfakeDetector(nn.Module):
     trained from zero with Adam it moved too little in a demo's 270 steps to matter (audio-swap
     AUC 0.63, seed 0). Training adjusts it. The features are detached: the sync
     branch learns only from its own objective on real clips (`avlib.sync.sync_loss`), so its
-    score stays one that never saw a fake label.
+    score stays one that never saw a fake label. It needs the waveform: forward(video, mfcc,
+    waveform). `trunk_stride` > 1 feeds the trunk every s-th frame (the sync branch sees all of
+    them): a sync model needs a frame rate the trunk does not.
 
     `video_encoder` picks the trunk: the seed's R(2+1)D-18, or `framediff` (FrameDiffEncoder,
     the demos'). `video_head` adds a video-manipulation logit trained on per-modality labels
     (03's `video_loss`): the trunk then learns from that loss alone (the classifier reads its
-    features detached), and the logit is not part of the output. It needs the waveform: forward(video, mfcc,
-    waveform). `trunk_stride` > 1 feeds R(2+1)D every s-th frame (the sync branch sees all of
-    them): a sync model needs a frame rate the trunk does not.
+    features detached), and the logit is not part of the output.
     """
 
     def __init__(self, video_feature_size: int = 512, audio_feature_size: int = 128,
@@ -211,11 +211,8 @@ class DeepfakeDetector(nn.Module):
             video_feat = torch.zeros_like(video_feat)
         elif self.modality == "video":
             audio_feat = torch.zeros_like(audio_feat)
-        if self.video_head is not None:     # the trunk learns from the video loss alone (see __init__)
-            parts, video_out = [video_feat.detach().float(), audio_feat.float()], video_feat
-        else:
-            parts, video_out = [video_feat.float(), audio_feat.float()], None
-        sync, sync_feat = None, None
+        seen = video_feat.detach() if self.video_head is not None else video_feat   # see __init__
+        parts, sync, sync_feat = [seen.float(), audio_feat.float()], None, None
         if self.fusion == "sync":
             if waveform is None:
                 raise ValueError("a fusion='sync' model needs the waveform: model(video, mfcc, waveform)")
@@ -237,7 +234,7 @@ class DeepfakeDetector(nn.Module):
         if with_video:
             if self.video_head is None:
                 raise ValueError("this model has no video head (build it with video_head=True)")
-            out += (self.video_head(video_out.float()).squeeze(1),)
+            out += (self.video_head(video_feat.float()).squeeze(1),)
         return out if len(out) > 1 else logits
 
 

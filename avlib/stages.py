@@ -183,8 +183,8 @@ def train_stage(*, run_name: str, results_dir: str, cache_dir: str = "", epochs:
 
     import torch
 
-    from avlib.data import CachedClips, make_loader, mfcc_statistics
-    from avlib.params import pick_device
+    from avlib.data import CachedClips, ModalityLabelError, make_loader, mfcc_statistics
+    from avlib.params import ParameterError, pick_device
     from avlib.runtime import resolve_amp, tune_allocator
     from avlib.train import fit, set_seed
 
@@ -196,20 +196,14 @@ def train_stage(*, run_name: str, results_dir: str, cache_dir: str = "", epochs:
         model, spec = model_from_run(results_dir, run_name)
         sync = spec.get("fusion", "concat") == "sync"
         if objective == "sync" and not sync:
-            from avlib.params import ParameterError
-
             raise ParameterError("parameter `objective`: 'sync' trains a sync branch, and this run's model has none; "
                                  "build it with fusion: sync in 02_build_model")
         real_only = objective == "sync"
         video_loss = 0.0 if real_only else float(video_loss)
         if video_loss > 0 and not spec.get("video_head"):
-            from avlib.params import ParameterError
-
             raise ParameterError(f"parameter `video_loss` ({video_loss}) trains the model's video head, and this run's "
                                  f"model has none; build it with video_head: true in 02_build_model")
         if not real_only and video_loss == 0 and spec.get("video_head"):
-            from avlib.params import ParameterError
-
             raise ParameterError("parameter `video_loss` is 0, and this run's model has a video head: its video trunk "
                                  "learns from video_loss alone, so it would stay untrained; set video_loss > 0 "
                                  "(e.g. 1.0) or build the model without video_head")
@@ -220,11 +214,7 @@ def train_stage(*, run_name: str, results_dir: str, cache_dir: str = "", epochs:
         try:
             train_set = CachedClips(cache, "train", waveform=sync, real_only=real_only, augment=augment,
                                     self_blend=0.0 if real_only else self_blend, video_labels=video_loss > 0)
-        except ValueError as err:
-            if video_loss <= 0 or "categories" not in str(err):
-                raise
-            from avlib.params import ParameterError
-
+        except ModalityLabelError as err:
             raise ParameterError(f"parameter `video_loss` needs per-modality labels: {err}") from None
         val_set = CachedClips(cache, "val", waveform=sync, real_only=real_only)
         if len(train_set) == 0 or len(val_set) == 0:
