@@ -174,13 +174,30 @@ def check(**params) -> dict:
     return params
 
 
-def load_params(path: str | Path) -> dict:
-    """Read a params/*.yaml file into a dict; raises ParameterError if it is not a mapping."""
+def load_params(path: str | Path, _chain: tuple = ()) -> dict:
+    """Read a params/*.yaml file into a dict; raises ParameterError if it is not a mapping.
+
+    A file may start from another: `extends: demo_sync.yaml` (a path relative to the file)
+    reads that file first, then the file's own keys replace its keys (a `prepare` list is
+    replaced whole, not merged). So a variant of a run says only how it differs."""
+    path = Path(path)
     with open(path, encoding="utf-8") as f:
         data = yaml.safe_load(f) or {}
     if not isinstance(data, dict):
         raise ParameterError(f"{path}: expected a mapping of parameter names to values")
-    return data
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base.strip():
+        raise ParameterError(f"{path}: `extends` must name a params file, got {base!r}")
+    target = path.parent / base
+    chain = (*_chain, path.resolve())
+    if target.resolve() in chain:
+        raise ParameterError(f"{path}: `extends: {base}` comes back to a file it started from "
+                             f"({' -> '.join(p.name for p in (*chain, target))})")
+    if not target.is_file():
+        raise ParameterError(f"{path}: `extends` names {target}, which is not a file")
+    return {**load_params(target, chain), **data}
 
 
 def pick_device(device: str):

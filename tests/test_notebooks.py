@@ -51,6 +51,26 @@ def test_params_files_only_name_notebook_parameters(params_file):
     split_params(params)                         # raises ParameterError for an unknown key
 
 
+def test_a_params_file_extends_another(tmp_path):
+    """`extends`: the base's keys, the file's own replacing them (a `prepare` list whole)."""
+    (tmp_path / "base.yaml").write_text("run_name: base\nepochs: 12\nlr: 0.001\nprepare:\n  - run_name: a\n  - run_name: b\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "variant.yaml").write_text("extends: ../base.yaml\nrun_name: variant\nprepare:\n  - run_name: c\n")
+    (tmp_path / "third.yaml").write_text("extends: sub/variant.yaml\nepochs: 3\n")
+    assert load_params(tmp_path / "third.yaml") == {"run_name": "variant", "epochs": 3, "lr": 0.001,
+                                                    "prepare": [{"run_name": "c"}]}
+
+
+def test_extends_refuses_a_missing_file_and_a_cycle(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: nowhere.yaml\n")
+    with pytest.raises(ParameterError, match=r"a.yaml: `extends` names .*nowhere.yaml"):
+        load_params(tmp_path / "a.yaml")
+    (tmp_path / "b.yaml").write_text("extends: c.yaml\nepochs: 1\n")
+    (tmp_path / "c.yaml").write_text("extends: b.yaml\nepochs: 2\n")
+    with pytest.raises(ParameterError, match=r"b.yaml -> c.yaml -> b.yaml"):
+        load_params(tmp_path / "b.yaml")
+
+
 def test_an_unknown_key_is_refused():
     with pytest.raises(ParameterError, match="epochz"):
         split_params({"epochz": 3})
