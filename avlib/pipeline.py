@@ -1,6 +1,6 @@
 """Run notebooks 01..05 in order with papermill from one params file:
 
-    python -m avlib.pipeline params/smoke.yaml [--results-dir DIR] [--from 03] [--only 04,05] [--seeds 0,1,2]
+    python -m avlib.pipeline params/smoke.yaml [--results-dir DIR] [--from 03] [--only 04,05] [--seeds 0,1,2 [--reference]]
 
 A params file may hold `prepare:`, a list of extra corpora that 01_preprocess caches first (each
 entry: its own run_name and the 01 parameters it changes), e.g. the external test sets its
@@ -182,11 +182,15 @@ def prepare_params(params: dict, entry: dict) -> dict:
 
 def seeds_summary(runs: dict[int, Path]) -> pd.DataFrame:
     """One row per seed (test AUC, per-category AUC, each external set's AUC, and the sync
-    score's when the model has one, from each run's metrics.json), then mean, sd, min and max."""
+    score's when the model has one; the balanced accuracy at the run's validation threshold and
+    the calibration error (ECE) of the test split and each external set, from each run's
+    metrics.json), then mean, sd, min and max."""
     rows = []
     for seed, run in runs.items():
         m = read_json(run / "metrics.json")
         row = {"seed": seed, "run_name": run.name, "auc": m["auc"]}
+        row.update({k: v for k, v in (("balanced_accuracy", m.get("balanced_accuracy")),
+                                      ("ece", (m.get("calibration") or {}).get("ece"))) if v is not None})
         row.update({f"auc_{c}": v["auc"] for c, v in sorted((m.get("per_category") or {}).items())})
         if "sync_score" in m:
             row["sync_auc"] = m["sync_score"]["auc"]
@@ -195,6 +199,10 @@ def seeds_summary(runs: dict[int, Path]) -> pd.DataFrame:
             if "auc" in ext:
                 row[f"{name}_auc"] = ext["auc"]
                 row.update({f"{name}_auc_{c}": v["auc"] for c, v in sorted((ext.get("per_category") or {}).items())})
+                if "balanced_accuracy" in ext:      # at the run's own validation threshold: does it transfer?
+                    row[f"{name}_balanced_accuracy"] = ext["balanced_accuracy"]
+                if "ece" in (ext.get("calibration") or {}):
+                    row[f"{name}_ece"] = ext["calibration"]["ece"]
             if "sync_score" in ext:
                 row[f"{name}_sync_auc"] = ext["sync_score"]["auc"]
         rows.append(row)
@@ -214,7 +222,11 @@ def main(argv=None) -> int:
     parser.add_argument("--only", help="comma-separated notebooks to run, e.g. 04,05")
     parser.add_argument("--seeds", help="comma-separated training seeds, e.g. 0,1,2: one run <run_name>-seed<k> "
                                         "each (01 runs once: corpus and split stay the file's), then a summary")
+    parser.add_argument("--reference", action="store_true",
+                        help="with --seeds: renew results/reference/<run_name>/ from the median seed (avlib.reference)")
     args = parser.parse_args(argv)
+    if args.reference and not args.seeds:
+        parser.error("--reference renews the reference from several seeds: give --seeds too, e.g. --seeds 0,1,2")
     params = load_params(args.params)
     prepare = params.pop("prepare", None) or []
     if args.results_dir:
@@ -263,6 +275,14 @@ def main(argv=None) -> int:
         log(f"over seeds {args.seeds} ({out.name}):")
         with pd.option_context("display.width", 200, "display.max_columns", 40, "display.precision", 3):
             log(table.to_string(index=False))
+        if args.reference:
+            from avlib.reference import write_reference
+
+            write_reference(out.parent, run_name, runs, table, params_file=portable(args.params.resolve()),
+                            reference_dir=REFERENCE_DIR, log=log)
+    elif args.reference:
+        log("reference not renewed: not every seed has a metrics.json (04_evaluate did not run or failed)")
+        return 1
     return 0
 
 

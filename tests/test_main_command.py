@@ -7,6 +7,7 @@ import json
 import re
 
 import nbformat
+import pandas as pd
 import pytest
 
 from avlib.pipeline import compare_with_reference, spread_verdict, summary_lines
@@ -123,7 +124,8 @@ def test_seeds_summary_gives_each_seed_then_mean_sd_min_max(tmp_path):
         runs[seed] = tmp_path / f"demo-seed{seed}"
         runs[seed].mkdir()
         metrics = {**_metrics(auc, fvra), "sync_score": {"auc": 0.7, "per_category": {"RVFA": {"auc": 0.9}}},
-                   "external": {"audio_swap": {"auc": swap, "per_category": {}, "sync_score": {"auc": 0.97}},
+                   "external": {"audio_swap": {"auc": swap, "per_category": {}, "sync_score": {"auc": 0.97},
+                                               "balanced_accuracy": swap - 0.2, "calibration": {"ece": 0.1 * seed}},
                                 "real_only": {"kind": "real-only", "false_positive_rate": 0.1}}}
         (runs[seed] / "metrics.json").write_text(json.dumps(metrics))
     table = seeds_summary(runs).set_index("seed")
@@ -131,6 +133,74 @@ def test_seeds_summary_gives_each_seed_then_mean_sd_min_max(tmp_path):
     assert table.loc["mean", "auc"] == pytest.approx(0.93) and table.loc["sd", "auc"] == pytest.approx(0.03)
     assert table.loc["min", "auc_FVRA"] == 0.70 and table.loc["max", "audio_swap_auc"] == 0.99
     assert table.loc["1", "sync_auc_RVFA"] == 0.9 and table.loc["mean", "audio_swap_sync_auc"] == pytest.approx(0.97)
+    assert table.loc["2", "audio_swap_balanced_accuracy"] == pytest.approx(0.79)
+    assert table.loc["max", "audio_swap_ece"] == pytest.approx(0.2) and table.loc["0", "balanced_accuracy"] == 0.91
+    assert "real_only_balanced_accuracy" not in table
+
+
+def _seed_runs(results, aucs):
+    runs = {}
+    for seed, auc in enumerate(aucs):
+        runs[seed] = results / f"demo-seed{seed}"
+        for sub in ("figures", "checkpoints", "notebooks"):
+            (runs[seed] / sub).mkdir(parents=True)
+        (runs[seed] / "metrics.json").write_text(json.dumps({**_metrics(auc, auc - 0.1), "precision": "fp32"}))
+        (runs[seed] / "figures" / "roc_curve.png").write_bytes(b"seed %d" % seed)
+        (runs[seed] / "checkpoints" / "best.pt").write_bytes(b"weights")
+        (runs[seed] / "notebooks" / "03_train.ipynb").write_text("{}")
+    return runs
+
+
+def test_reference_is_the_median_seed_with_the_spread_and_01s_figures(tmp_path):
+    from avlib.pipeline import seeds_summary
+    from avlib.reference import write_reference
+
+    results, reference = tmp_path / "results", tmp_path / "reference"
+    runs = _seed_runs(results, [0.90, 0.80, 0.95])
+    (results / "demo" / "figures").mkdir(parents=True)
+    (results / "demo" / "figures" / "sample_clips.png").write_bytes(b"01")
+    (results / "comparison.csv").write_text("run_name,eval_set,auc\ndemo-seed0,test,0.9\ndemo-seed1,test,0.8\n"
+                                            "demo-seed2,test,0.95\nother,test,0.5\n")
+    (reference / "demo" / "figures").mkdir(parents=True)
+    (reference / "demo" / "figures" / "stale.png").write_bytes(b"old")
+    (reference / "comparison.csv").write_text("run_name,eval_set,auc\ndemo-seed7,test,0.1\nkept-seed0,test,0.7\n")
+    table = seeds_summary(runs)
+    folder = write_reference(results, "demo", runs, table, params_file="params/demo.yaml", reference_dir=reference,
+                             log=lambda line: None)
+    assert folder == reference / "demo"
+    assert (folder / "figures" / "roc_curve.png").read_bytes() == b"seed 0"      # 0.90: the median of 0.80, 0.90, 0.95
+    assert (folder / "figures" / "sample_clips.png").read_bytes() == b"01"
+    assert not (folder / "checkpoints").exists() and not (folder / "notebooks").exists()
+    assert not (folder / "figures" / "stale.png").exists()
+    spread = json.loads((folder / "spread.json").read_text())
+    assert spread["auc"] == [0.9, 0.8, 0.95] and spread["auc_FVRA"] == [0.8, 0.7, 0.85]
+    assert "seed 0, the median run" in spread["about"] and "params/demo.yaml --seeds 0,1,2" in spread["about"]
+    assert (reference / "demo-seeds.csv").read_text() == table.to_csv(index=False)
+    kept = pd.read_csv(reference / "comparison.csv")
+    assert sorted(kept["run_name"]) == ["demo-seed0", "demo-seed1", "demo-seed2", "kept-seed0"]
+
+
+def test_reference_stays_as_it_was_when_a_seed_has_no_metrics(tmp_path):
+    from avlib.pipeline import seeds_summary
+    from avlib.reference import write_reference
+
+    results, reference = tmp_path / "results", tmp_path / "reference"
+    runs = _seed_runs(results, [0.90, 0.80])
+    table = seeds_summary(runs)
+    (reference / "demo").mkdir(parents=True)
+    (reference / "demo" / "metrics.json").write_text("{}")
+    (runs[1] / "metrics.json").unlink()
+    with pytest.raises(FileNotFoundError, match="demo-seed1"):
+        write_reference(results, "demo", runs, table, params_file="params/demo.yaml", reference_dir=reference)
+    assert [p.name for p in reference.iterdir()] == ["demo"] and (reference / "demo" / "metrics.json").read_text() == "{}"
+
+
+def test_reference_needs_seeds(capsys):
+    from avlib.pipeline import main
+
+    with pytest.raises(SystemExit):
+        main(["params/demo.yaml", "--reference"])
+    assert "--reference renews the reference from several seeds" in capsys.readouterr().err
 
 
 def test_prepare_entries_take_the_runs_settings_and_refuse_unknown_keys():
