@@ -33,6 +33,12 @@ def test_threshold_maximises_balanced_accuracy_on_validation():
     assert 0.35 < t <= 0.4
 
 
+def test_threshold_sits_in_the_middle_of_the_gap_not_on_the_weakest_fake():
+    assert choose_threshold([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == pytest.approx(0.5)
+    assert choose_threshold([0, 1, 0, 1, 1], [0.1, 0.3, 0.5, 0.7, 0.95]) == pytest.approx(0.6)   # J's best: 0.7
+    assert choose_threshold([0, 0], [0.2, 0.9]) == 0.5
+
+
 def test_calibration_by_hand():
     cal = calibration([0, 1], [0.2, 0.8], bins=10)
     assert cal["brier"] == pytest.approx(0.04)
