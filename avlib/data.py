@@ -3,6 +3,7 @@
 to float in [0, 1] happens on the device (avlib.model.video_to_model_input)."""
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import numpy as np
@@ -188,6 +189,8 @@ def make_loader(dataset: Dataset, *, batch_size: int, train: bool, workers: int 
     if train and getattr(dataset, "augments", False):
         sampler = SeededSampler(sampler)
     pin = device is not None and device.type == "cuda"
+    if workers > 0:
+        gc.collect()        # earlier loaders' iterators die here, not in this loader's workers (see below)
     # Workers persist across epochs for training only: an evaluation loader makes one pass.
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
                       pin_memory=pin, persistent_workers=train and workers > 0, drop_last=False,
@@ -198,7 +201,7 @@ def _leave_inherited_objects_alone(worker_id: int) -> None:
     """A forked worker inherits the parent's uncollected garbage, earlier loaders' iterators
     included; when the worker's garbage collector reached one, its __del__ printed
     "AssertionError: can only test a child process" (04 of a sync model, four times a run).
-    gc.freeze() keeps every inherited object out of the worker's collections."""
-    import gc
-
+    gc.freeze() keeps every inherited object out of the worker's collections from here on; a
+    collection in the worker before this runs still printed it (04 of a concat run, once), so
+    `make_loader` also collects the parent's garbage before the workers fork."""
     gc.freeze()

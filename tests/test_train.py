@@ -167,3 +167,33 @@ def test_video_loss_needs_a_video_head_and_labels_that_name_the_modality(tiny_ca
     index.to_csv(tiny_cache / "index.csv", index=False)
     history = stages.train_stage(**train)
     assert len(history) == 1 and np.isfinite(history["train_loss"].iloc[0])
+
+
+def test_a_new_loader_collects_earlier_iterators_before_its_workers_fork():
+    """An earlier loader's iterator left as garbage was inherited by the next loader's forked
+    workers, whose collector then ran its __del__ there ("AssertionError: can only test a child
+    process" in 04's output). make_loader collects it in the parent first."""
+    import gc
+
+    from torch.utils.data import TensorDataset
+    from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
+
+    from avlib.data import make_loader
+
+    def iterators():
+        return [o for o in gc.get_objects() if type(o) is _MultiProcessingDataLoaderIter]
+
+    data = TensorDataset(torch.arange(8.0))
+    gc.disable()
+    try:
+        gc.collect()
+        it = iter(make_loader(data, batch_size=2, train=False, workers=1))
+        next(it)
+        loop = [it]
+        loop.append(loop)                  # reachable by the collector only, as a finished loader's iterator was
+        del it, loop
+        assert len(iterators()) == 1
+        make_loader(data, batch_size=2, train=False, workers=1)
+        assert iterators() == []
+    finally:
+        gc.enable()
