@@ -189,12 +189,20 @@ def make_loader(dataset: Dataset, *, batch_size: int, train: bool, workers: int 
     if train and getattr(dataset, "augments", False):
         sampler = SeededSampler(sampler)
     pin = device is not None and device.type == "cuda"
-    if workers > 0:
-        gc.collect()        # earlier loaders' iterators die here, not in this loader's workers (see below)
     # Workers persist across epochs for training only: an evaluation loader makes one pass.
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
+    return _CollectingLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
                       pin_memory=pin, persistent_workers=train and workers > 0, drop_last=False,
                       worker_init_fn=_leave_inherited_objects_alone if workers > 0 else None)
+
+
+class _CollectingLoader(DataLoader):
+    """A DataLoader that collects the parent's garbage each time it starts its workers, so that
+    earlier loaders' iterators die in the parent, not in these workers (see below)."""
+
+    def __iter__(self):
+        if self.num_workers > 0:
+            gc.collect()
+        return super().__iter__()
 
 
 def _leave_inherited_objects_alone(worker_id: int) -> None:
@@ -203,5 +211,5 @@ def _leave_inherited_objects_alone(worker_id: int) -> None:
     "AssertionError: can only test a child process" (04 of a sync model, four times a run).
     gc.freeze() keeps every inherited object out of the worker's collections from here on; a
     collection in the worker before this runs still printed it (04 of a concat run, once), so
-    `make_loader` also collects the parent's garbage before the workers fork."""
+    the loader also collects the parent's garbage before its workers fork (_CollectingLoader)."""
     gc.freeze()

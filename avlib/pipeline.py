@@ -236,6 +236,9 @@ def main(argv=None) -> int:
         names = tuple(n for n in NOTEBOOKS if n[:2] in args.only.split(","))
     elif args.start:
         names = tuple(n for n in NOTEBOOKS if n[:2] >= args.start[:2])
+    if args.reference and "04_evaluate" not in names:
+        parser.error("--reference needs the seeds' metrics of this run: include 04 (--only/--from leave it out), "
+                     "or an older metrics.json would be taken for the new weights")
     run_name = params.get("run_name", "fakeavceleb")
     run = resolve(params.get("results_dir", "results")) / run_name
 

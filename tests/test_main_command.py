@@ -5,6 +5,7 @@ in a throwaway git copy of the tracked tree; its kernels start in notebooks/, as
 starts them."""
 import json
 import re
+from pathlib import Path
 
 import nbformat
 import pandas as pd
@@ -13,6 +14,8 @@ import pytest
 from avlib.pipeline import compare_with_reference, spread_verdict, summary_lines
 from avlib.progress import Heartbeat, ProgressLines, format_duration
 from tests.conftest import _git
+
+ROOT = Path(__file__).resolve().parents[1]
 
 EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+)  train loss [\d.]+  val loss [\d.]+ acc [\d.]+ AUC [\d.na]+  .+ s "
                         r"\([\d.]+ clips/s\)  ETA \d.* s")
@@ -156,9 +159,10 @@ def test_reference_is_the_median_seed_with_the_spread_and_01s_figures(tmp_path):
     from avlib.reference import write_reference
 
     results, reference = tmp_path / "results", tmp_path / "reference"
-    runs = _seed_runs(results, [0.90, 0.80, 0.95])
+    runs = _seed_runs(results, [0.95, 0.80, 0.90])
     (results / "demo" / "figures").mkdir(parents=True)
     (results / "demo" / "figures" / "sample_clips.png").write_bytes(b"01")
+    (results / "demo" / "figures" / "roc_external.png").write_bytes(b"an earlier full run's")
     (results / "comparison.csv").write_text("run_name,eval_set,auc\ndemo-seed0,test,0.9\ndemo-seed1,test,0.8\n"
                                             "demo-seed2,test,0.95\nother,test,0.5\n")
     (reference / "demo" / "figures").mkdir(parents=True)
@@ -168,13 +172,14 @@ def test_reference_is_the_median_seed_with_the_spread_and_01s_figures(tmp_path):
     folder = write_reference(results, "demo", runs, table, params_file="params/demo.yaml", reference_dir=reference,
                              log=lambda line: None)
     assert folder == reference / "demo"
-    assert (folder / "figures" / "roc_curve.png").read_bytes() == b"seed 0"      # 0.90: the median of 0.80, 0.90, 0.95
+    assert (folder / "figures" / "roc_curve.png").read_bytes() == b"seed 2"      # 0.90: the median of 0.95, 0.80, 0.90
     assert (folder / "figures" / "sample_clips.png").read_bytes() == b"01"
+    assert not (folder / "figures" / "roc_external.png").exists()
     assert not (folder / "checkpoints").exists() and not (folder / "notebooks").exists()
     assert not (folder / "figures" / "stale.png").exists()
     spread = json.loads((folder / "spread.json").read_text())
-    assert spread["auc"] == [0.9, 0.8, 0.95] and spread["auc_FVRA"] == [0.8, 0.7, 0.85]
-    assert "seed 0, the median run" in spread["about"] and "params/demo.yaml --seeds 0,1,2" in spread["about"]
+    assert spread["auc"] == [0.95, 0.8, 0.9] and spread["auc_FVRA"] == [0.85, 0.7, 0.8]
+    assert "seed 2, the median run" in spread["about"] and "params/demo.yaml --seeds 0,1,2" in spread["about"]
     assert (reference / "demo-seeds.csv").read_text() == table.to_csv(index=False)
     kept = pd.read_csv(reference / "comparison.csv")
     assert sorted(kept["run_name"]) == ["demo-seed0", "demo-seed1", "demo-seed2", "kept-seed0"]
@@ -195,12 +200,42 @@ def test_reference_stays_as_it_was_when_a_seed_has_no_metrics(tmp_path):
     assert [p.name for p in reference.iterdir()] == ["demo"] and (reference / "demo" / "metrics.json").read_text() == "{}"
 
 
-def test_reference_needs_seeds(capsys):
+def test_median_seed_of_an_even_count_is_the_lower_middle(tmp_path):
+    from avlib.pipeline import seeds_summary
+    from avlib.reference import median_seed
+
+    runs = _seed_runs(tmp_path, [0.90, 0.70, 0.95, 0.80])
+    assert median_seed(seeds_summary(runs)) == 3                 # 0.80 of 0.70, 0.80, 0.90, 0.95
+
+
+def test_reference_is_left_whole_when_assembling_the_new_one_fails(tmp_path, monkeypatch):
+    import avlib.reference as reference
+    from avlib.pipeline import seeds_summary
+
+    results, ref = tmp_path / "results", tmp_path / "reference"
+    runs = _seed_runs(results, [0.90, 0.80, 0.95])
+    (ref / "demo").mkdir(parents=True)
+    (ref / "demo" / "metrics.json").write_text("{}")
+
+    def disk_full(path, obj):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(reference, "write_json", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        reference.write_reference(results, "demo", runs, seeds_summary(runs), params_file="params/demo.yaml",
+                                  reference_dir=ref, log=lambda line: None)
+    assert [p.name for p in ref.iterdir()] == ["demo"] and [p.name for p in (ref / "demo").iterdir()] == ["metrics.json"]
+
+
+def test_reference_needs_seeds_and_04(capsys):
     from avlib.pipeline import main
 
     with pytest.raises(SystemExit):
         main(["params/demo.yaml", "--reference"])
     assert "--reference renews the reference from several seeds" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(ROOT / "params" / "demo.yaml"), "--seeds", "0,1,2", "--only", "03", "--reference"])
+    assert "include 04" in capsys.readouterr().err
 
 
 def test_prepare_entries_take_the_runs_settings_and_refuse_unknown_keys():

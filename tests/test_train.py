@@ -169,10 +169,11 @@ def test_video_loss_needs_a_video_head_and_labels_that_name_the_modality(tiny_ca
     assert len(history) == 1 and np.isfinite(history["train_loss"].iloc[0])
 
 
-def test_a_new_loader_collects_earlier_iterators_before_its_workers_fork():
+def test_a_loader_collects_earlier_iterators_before_its_workers_fork():
     """An earlier loader's iterator left as garbage was inherited by the next loader's forked
     workers, whose collector then ran its __del__ there ("AssertionError: can only test a child
-    process" in 04's output). make_loader collects it in the parent first."""
+    process" in 04's output). A loader of make_loader collects it in the parent first, each time
+    its workers start (a validation loader starts them every epoch)."""
     import gc
 
     from torch.utils.data import TensorDataset
@@ -184,6 +185,7 @@ def test_a_new_loader_collects_earlier_iterators_before_its_workers_fork():
         return [o for o in gc.get_objects() if type(o) is _MultiProcessingDataLoaderIter]
 
     data = TensorDataset(torch.arange(8.0))
+    later = make_loader(data, batch_size=2, train=False, workers=1)       # made before the garbage
     gc.disable()
     try:
         gc.collect()
@@ -193,7 +195,8 @@ def test_a_new_loader_collects_earlier_iterators_before_its_workers_fork():
         loop.append(loop)                  # reachable by the collector only, as a finished loader's iterator was
         del it, loop
         assert len(iterators()) == 1
-        make_loader(data, batch_size=2, train=False, workers=1)
-        assert iterators() == []
+        fresh = iter(later)
+        assert iterators() == [fresh]
+        assert [batch[0].tolist() for batch in fresh] == [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0], [6.0, 7.0]]
     finally:
         gc.enable()
