@@ -115,6 +115,8 @@ def test_summary_compares_with_the_reference_and_its_spread(tmp_path):
     assert any(line.split() == ["AUC", "FVRA", "0.800", "0.950"] for line in lines), lines
     assert "below the range of earlier runs (0.914-0.984)" in "\n".join(lines)
     assert "within the range" in spread_verdict(0.95, [0.914, 0.984])
+    assert "within the range" in spread_verdict(0.934156, [0.9342, 0.9634, 0.9794])   # the same run, rounded in spread.json
+    assert "below the range" in spread_verdict(0.9334, [0.9342, 0.9794])
     no_reference = summary_lines(run, {"04_evaluate": 20.0})
     assert not any("reference" in line for line in no_reference)
 
