@@ -14,8 +14,6 @@ What a reference holds, and why:
 from __future__ import annotations
 
 import datetime
-import os
-import platform
 import re
 import shutil
 from pathlib import Path
@@ -23,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from avlib.paths import read_json, write_csv, write_json
+from avlib.runtime import cpu_description
 
 SPREAD_KEYS = ("auc", "auc_FVFA", "auc_FVRA", "auc_RVFA", "sync_auc", "audio_swap_auc", "audio_swap_sync_auc",
                "heldout_style_auc", "heldout_style_sync_auc", "skip_silence_auc", "skip_silence_sync_auc")
@@ -44,22 +43,6 @@ def median_seed(table: pd.DataFrame) -> int:
     if order.empty:
         raise ValueError("the seeds table holds no seed")
     return int(order.iloc[(len(order) - 1) // 2]["seed"])
-
-
-def cpu_description(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
-    """'N-core <model>, AVX-512 BF16' or '..., AVX2 only' (what the reference's timings and bf16 choice depend on)."""
-    from avlib.runtime import cpu_bf16_flags
-
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path(cpuinfo).read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-        flags = "AVX-512 BF16" if cpu_bf16_flags(cpuinfo) else "no bf16 (AVX2 or less)"
-    except OSError:
-        flags = "flags unknown"
-    return f"{os.cpu_count()}-core {model}, {flags}"
 
 
 def write_reference(results_dir: Path, run_name: str, runs: dict[int, Path], table: pd.DataFrame, *,

@@ -41,19 +41,46 @@ def tune_allocator() -> bool:
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
-def cpu_bf16_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> list[str]:
-    """The NATIVE_BF16_FLAGS this CPU reports; [] when it reports none or `cpuinfo` is unreadable
-    (macOS, Windows)."""
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str]:
+    """The instruction-set flags this CPU reports; empty when `cpuinfo` is unreadable (macOS, Windows)."""
     try:
         text = Path(cpuinfo).read_text(errors="replace")
     except OSError:
-        return []
+        return set()
     flags = set()
     for line in text.splitlines():
         key, _, value = line.partition(":")
         if key.strip() == "flags":
             flags.update(value.split())
+    return flags
+
+
+def cpu_bf16_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> list[str]:
+    """The NATIVE_BF16_FLAGS this CPU reports; [] when it reports none or `cpuinfo` is unreadable."""
+    flags = cpu_flags(cpuinfo)
     return [f for f in NATIVE_BF16_FLAGS if f in flags]
+
+
+def cpu_description(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """'<cores>-core <model>, <vector units>': what CPU timings and the bf16 choice depend on, e.g.
+    '2-core AMD EPYC, AVX2, no AVX-512' or '8-core Intel Xeon, AVX-512 with bf16'."""
+    import os
+    import platform
+
+    model = platform.processor() or platform.machine()
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in Path(cpuinfo).read_text(errors="replace").splitlines()
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    flags = cpu_flags(cpuinfo)
+    if not flags:
+        units = "instruction set unknown"
+    elif "avx512f" in flags:
+        units = "AVX-512 with bf16" if cpu_bf16_flags(cpuinfo) else "AVX-512, no bf16"
+    else:
+        units = "AVX2, no AVX-512" if "avx2" in flags else "no AVX2"
+    return f"{os.cpu_count()}-core {model}, {units}"
 
 
 def resolve_amp(amp: bool | str, device, *, cpuinfo: str | Path = "/proc/cpuinfo", log=None) -> bool:

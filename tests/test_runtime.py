@@ -62,6 +62,22 @@ def test_amp_auto_takes_bf16_only_on_a_cpu_that_computes_in_it(tmp_path, cpuinfo
     assert said[-1].startswith("warning: amp: true, but this CPU") is not auto     # asked for emulated bf16
 
 
+@pytest.mark.parametrize("cpuinfo,units", [
+    ("model name\t: AMD EPYC\n" + AVX2_ONLY, "AMD EPYC, AVX2, no AVX-512"),
+    (AVX512_BF16, "AVX-512 with bf16"),
+    ("flags\t\t: avx2 avx512f\n", "AVX-512, no bf16"),
+    (None, "instruction set unknown"),
+], ids=["avx2", "avx512_bf16", "avx512", "no-cpuinfo"])
+def test_cpu_description_says_whether_it_has_avx512_and_bf16(tmp_path, cpuinfo, units):
+    """What the reference's spread.json records beside its figures (they depend on it)."""
+    from avlib.runtime import cpu_description
+
+    path = tmp_path / "cpuinfo"
+    if cpuinfo is not None:
+        path.write_text(cpuinfo)
+    assert cpu_description(path).endswith(units)
+
+
 @pytest.mark.parametrize("bf16", [True, False])
 def test_amp_auto_on_cuda_follows_the_gpu(monkeypatch, bf16):
     import torch
