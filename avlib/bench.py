@@ -7,7 +7,7 @@
 
 preprocess: the same clips processed two ways in one run. The seed's way: OpenCV frame reads
 resized to 112x112, audio extracted to WAV by an ffmpeg process and loaded by librosa (22.05 kHz),
-MFCC, float32 .npy files, one process. Ours: avlib.preprocess (PyAV single pass, uint8 cache,
+MFCC, float32 .npy files, one process. Ours: avlib.data.preprocess (PyAV single pass, uint8 cache,
 `workers` processes). Then a warm-cache DataLoader read of our cache. Clips are synthetic
 talking faces of 224x224 at 25 fps, 6 s long, encoded H.264/AAC.
 
@@ -29,22 +29,28 @@ training clips/s. Run it at full size on a GPU to see whether the loader keeps t
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+import cv2
+import imageio_ffmpeg
+import librosa
 import numpy as np
+
+from avlib.core.runtime import pick_device, resolve_amp, tune_allocator
+from avlib.data.indexers import index_dataset
+from avlib.data.preprocess import preprocess, settings, write_dummy_cache
+from avlib.data.synthetic import CorpusSpec, generate_corpus
 
 
 def seed_preprocess(paths: list[Path], out_dir: Path, frames: int = 128, size: int = 112, n_mfcc: int = 40,
                     steps: int = 200) -> int:
     """The seed notebook's pipeline, as its text describes it; returns bytes written."""
-    import cv2
-    import imageio_ffmpeg
-    import librosa
-
     ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
     out_dir.mkdir(parents=True, exist_ok=True)
     for i, path in enumerate(paths):
@@ -71,9 +77,6 @@ def seed_preprocess(paths: list[Path], out_dir: Path, frames: int = 128, size: i
 
 
 def bench_preprocess(clips: int, workers: int) -> dict:
-    from avlib.indexers import index_dataset
-    from avlib.preprocess import preprocess, settings
-    from avlib.synthetic import CorpusSpec, generate_corpus
 
     tmp = Path(tempfile.mkdtemp(prefix="avlib-bench-"))
     try:
@@ -94,9 +97,9 @@ def bench_preprocess(clips: int, workers: int) -> dict:
         ours_s = time.perf_counter() - start
         assert report["clips_cached"] == len(paths), report
 
-        import torch   # only now: with torch loaded, the decoding pool would use a fork server
+        import torch  # deferred: loaded only now, as the decoding pool forks only without torch (module docstring)
 
-        from avlib.data import CachedClips, make_loader
+        from avlib.data.loader import CachedClips, make_loader  # deferred: loads torch
 
         ds = CachedClips(tmp / "cache", "all")
         loader = make_loader(ds, batch_size=8, train=True, workers=workers)
@@ -152,7 +155,7 @@ def bench_train(frames: int, size: int, batch: int, steps: int, repeats: int = 3
     by 30 % from minute to minute, and interleaving spreads the drift over both loops).
     Inference in "ours" is what 04_evaluate and avlib.predict run: `inference_model` (BatchNorm
     folded, channels_last_3d; bf16 weights under bf16 autocast when `amp` resolves to bf16, as
-    `avlib.runtime.resolve_amp` decides for 03 and 04).
+    `avlib.core.runtime.resolve_amp` decides for 03 and 04).
 
     Both loops run under avlib's allocator settings (`tune_allocator`), so the ratio is one of
     compute. seed_only=True times the seed's loop alone with glibc's defaults, as the seed's
@@ -161,14 +164,13 @@ def bench_train(frames: int, size: int, batch: int, steps: int, repeats: int = 3
     On a CUDA `device` the batches start on the host, as a loader yields them: the seed's as
     float32 in pageable memory, ours as uint8 in pinned memory (make_loader pins for CUDA);
     ours runs with cuDNN's autotuner on (what `fit` sets on CUDA), the seed's with the default."""
-    import torch
+    import torch  # deferred: loads torch
 
-    from avlib.runtime import resolve_amp, tune_allocator
 
     if not seed_only:
         tune_allocator()
 
-    from avlib.model import build_model, inference_model, video_to_model_input
+    from avlib.models.detector import build_model, inference_model, video_to_model_input  # deferred: loads torch
 
     torch.manual_seed(0)
     dev = torch.device(device)
@@ -263,18 +265,15 @@ def bench_train(frames: int, size: int, batch: int, steps: int, repeats: int = 3
 
 def bench_fit(frames: int, size: int, batch: int, clips: int, workers: int, epochs: int, device: str,
               compile: bool = False) -> dict:
-    """The real training path end to end: a cache of random clips written through avlib.cache,
+    """The real training path end to end: a cache of random clips written through avlib.data.cache,
     make_loader (pinned memory on CUDA, `workers` processes) and `fit` with amp: auto (bf16 where
     the hardware computes in it) and channels_last_3d, as 03_train runs it. Reports the last epoch's training clips/s from
     history.csv, and what the loader alone delivers from the warm cache."""
-    import torch
+    import torch  # deferred: loads torch
 
-    from avlib.data import CachedClips, make_loader
-    from avlib.model import build_model
-    from avlib.params import pick_device
-    from avlib.preprocess import settings, write_dummy_cache
-    from avlib.runtime import resolve_amp, tune_allocator
-    from avlib.train import fit
+    from avlib.data.loader import CachedClips, make_loader  # deferred: loads torch
+    from avlib.models.detector import build_model  # deferred: loads torch
+    from avlib.training.loop import fit  # deferred: loads torch
 
     tune_allocator()
     dev = pick_device(device)
@@ -313,9 +312,6 @@ def bench_fit(frames: int, size: int, batch: int, clips: int, workers: int, epoc
 def seed_loop_alone(frames: int, size: int, batch: int, steps: int, repeats: int) -> dict:
     """The seed's loop timed in a fresh Python process with glibc's default allocator: how the
     seed's notebook runs. Returns its train/infer clips/s (medians)."""
-    import json
-    import sys
-
     cmd = [sys.executable, "-m", "avlib.bench", "seed-alone", "--frames", str(frames), "--size", str(size),
            "--batch", str(batch), "--steps", str(steps), "--repeats", str(repeats)]
     done = subprocess.run(cmd, capture_output=True, text=True, check=True)
@@ -326,23 +322,23 @@ def bf16_agreement(batch: int, frames: int, size: int, checkpoint: str | None, c
                    device: str = "cpu") -> dict:
     """Largest |P(fake)| difference between fp32 inference of the plain model and bf16
     inference of `inference_model(amp=True)`, and the AUC of each, on the same clips."""
-    import torch
+    import torch  # deferred: loads torch
 
-    from avlib.model import build_model, inference_model, video_to_model_input
-    from avlib.train import safe_auc
+    from avlib.models.detector import build_model, inference_model, video_to_model_input  # deferred: loads torch
+    from avlib.scoring.forward import safe_auc  # deferred: loads torch
 
     dev = torch.device(device)
     if checkpoint and cache_dir:
-        from avlib.data import CachedClips, make_loader
-        from avlib.evaluate import load_detector
+        from avlib.data.loader import CachedClips, make_loader  # deferred: loads torch
+        from avlib.scoring.scorer import load_detector  # deferred: loads torch
 
         model, _ = load_detector(checkpoint, device)
         loader = make_loader(CachedClips(cache_dir, "test"), batch_size=batch, train=False)
         source = f"{checkpoint} on the test split of {cache_dir}"
     else:
-        from torch.utils.data import DataLoader
+        from torch.utils.data import DataLoader  # deferred: loads torch
 
-        from avlib.data import RandomClips
+        from avlib.data.loader import RandomClips  # deferred: loads torch
 
         model = build_model().to(dev).eval()
         loader = DataLoader(RandomClips(64, frames, size), batch_size=batch)
@@ -367,11 +363,10 @@ def bench_sync(frames: int, size: int, batch: int, steps: int, repeats: int = 2,
     sync model) and an inference pass (inference_model copies) of the seed's model and of the
     same model with fusion='sync' (trunk_stride 1, so the trunks do the same work), timed in
     interleaved rounds. Returns clips/s per model and the sync model's extra time in %."""
-    import torch
+    import torch  # deferred: loads torch
 
-    from avlib.model import build_model, inference_model, video_to_model_input
-    from avlib.runtime import tune_allocator
-    from avlib.train import _forward
+    from avlib.models.detector import build_model, inference_model, video_to_model_input  # deferred: loads torch
+    from avlib.scoring.forward import forward_batch  # deferred: loads torch
 
     tune_allocator()
     dev = torch.device(device)
@@ -392,7 +387,7 @@ def bench_sync(frames: int, size: int, batch: int, steps: int, repeats: int = 2,
     def train_step(name):
         model = models[name].train()
         extra = [wave] if name == "sync" else []
-        _, _, loss = _forward(model, video, mfcc, labels, extra, criterion=criterion, objective="classify",
+        _, _, loss = forward_batch(model, video, mfcc, labels, extra, criterion=criterion, objective="classify",
                               sync_weight=1.0 if name == "sync" else 0.0)
         optimizers[name].zero_grad(set_to_none=True)
         loss.backward()
@@ -437,7 +432,6 @@ def main(argv=None) -> int:
                         help="train: bf16 autocast in our loop; auto: where the hardware computes in bf16 natively")
     args = parser.parse_args(argv)
     if args.what == "seed-alone":                 # used by seed_loop_alone: one JSON line on stdout
-        import json
 
         r = bench_train(args.frames, args.size, args.batch, args.steps, args.repeats, seed_only=True,
                         log=lambda *a: None)
@@ -465,7 +459,7 @@ def main(argv=None) -> int:
             print(f"  peak GPU memory: {r['peak_gpu_memory_gb']:.1f} GB")
         return 0
     if args.what == "train":
-        import torch
+        import torch  # deferred: loads torch
 
         where = (torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")
                  else f"{torch.get_num_threads()} CPU threads")

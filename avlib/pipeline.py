@@ -21,40 +21,34 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import papermill
+import zmq
 from jupyter_client.manager import AsyncKernelManager
+from traitlets.config import Config
 
-from avlib.params import ParameterError, load_params
-from avlib.paths import NOTEBOOKS_DIR, REPO_ROOT, portable, read_json, resolve
-from avlib.progress import format_duration
+from avlib.core.errors import ParameterError
+from avlib.core.params import load_params
+from avlib.core.paths import NOTEBOOKS_DIR, REPO_ROOT, portable, read_json, resolve, write_csv
+from avlib.core.progress import format_duration
+from avlib.reference import write_reference
+from avlib.stages.parameters import NOTEBOOKS, check_params_file, declaration
 
-NOTEBOOKS = ("01_preprocess", "02_build_model", "03_train", "04_evaluate", "05_plots")
 REFERENCE_DIR = REPO_ROOT / "results" / "reference"
 HEADLINE = (("auc", "AUC"), ("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"), ("eer", "EER"))
 
 
-def notebook_parameters(name: str) -> dict:
-    """{parameter: papermill's description} of one notebook's parameters cell."""
-    import papermill
-
-    return papermill.inspect_notebook(str(NOTEBOOKS_DIR / f"{name}.ipynb"))
-
-
 def split_params(params: dict, names=NOTEBOOKS) -> dict[str, dict]:
-    """The parameters each notebook receives; raises ParameterError for a key no notebook has."""
-    declared = {name: notebook_parameters(name) for name in NOTEBOOKS}
-    unknown = sorted(set(params) - set().union(*[set(d) for d in declared.values()]))
-    if unknown:
-        raise ParameterError(f"unknown parameter(s) {', '.join(unknown)}: no notebook declares them")
-    return {name: {k: v for k, v in params.items() if k in declared[name]} for name in names}
+    """The parameters each notebook of `names` receives from a params file's mapping, every value
+    checked against the notebooks' declarations before any notebook runs. Raises ParameterError
+    for a key no notebook declares or a bad value, naming it."""
+    per_notebook = check_params_file(params)
+    return {name: per_notebook[name] for name in names}
 
 
 def kernel_config():
     """traitlets Config for the notebook kernels: the kernel manager provisions CurveZMQ keys
     where the kernel spec supports them (ipykernel >= 7). Without keys, ipykernel 7 warns at
     every start that its TCP traffic is unencrypted; with them it is encrypted and silent."""
-    import zmq
-    from traitlets.config import Config
-
     config = Config()
     if zmq.has("curve") and "transport_encryption" in AsyncKernelManager.class_trait_names():
         config.KernelManager.transport_encryption = "auto"
@@ -78,8 +72,6 @@ def run_pipeline(params: dict, *, names=NOTEBOOKS, log=print, stdout=None, stder
     output is copied to `stdout`/`stderr` (default: this process's) as it arrives; kernels
     start in `cwd`. Raises papermill's PapermillExecutionError (with the failing cell's error)
     when a notebook fails."""
-    import papermill
-
     per_notebook = split_params(params, names)
     run_name = params.get("run_name", "fakeavceleb")
     out_dir = resolve(params.get("results_dir", "results")) / run_name / "notebooks"
@@ -172,7 +164,7 @@ def prepare_params(params: dict, entry: dict) -> dict:
     preprocessing settings (frames, size, fps, MFCC, ...) overlaid by the entry (its own
     run_name, data_dir, cache_dir, corpus options). Raises ParameterError for an entry without
     run_name or with a key 01_preprocess does not declare."""
-    declared = notebook_parameters("01_preprocess")
+    declared = {p.name for p in declaration("01_preprocess")}
     if not isinstance(entry, dict) or "run_name" not in entry:
         raise ParameterError(f"`prepare` entries are mappings with their own run_name; got {entry!r}")
     unknown = sorted(set(entry) - set(declared))
@@ -233,6 +225,10 @@ def main(argv=None) -> int:
     prepare = params.pop("prepare", None) or []
     if args.results_dir:
         params["results_dir"] = args.results_dir
+    check_params_file(params)                 # every value of every notebook, before anything runs
+    extras = [prepare_params(params, entry) for entry in prepare]
+    for extra in extras:
+        check_params_file(extra)
     names = NOTEBOOKS
     if args.only:
         names = tuple(n for n in NOTEBOOKS if n[:2] in args.only.split(","))
@@ -249,8 +245,7 @@ def main(argv=None) -> int:
 
     log(f"{args.params}: run {run_name} -> {portable(run)}/")
     if "01_preprocess" in names:             # the corpora the run's 04 scores as external test sets
-        for entry in prepare:
-            extra = prepare_params(params, entry)
+        for extra in extras:
             log(f"preparing {extra['run_name']} ({extra.get('data_dir', '')})")
             run_pipeline(extra, names=("01_preprocess",), log=log)
     if not args.seeds:
@@ -272,8 +267,6 @@ def main(argv=None) -> int:
         for line in summary_lines(runs[seed], timings):
             log(line)
     if all((r / "metrics.json").is_file() for r in runs.values()):
-        from avlib.paths import write_csv
-
         table = seeds_summary(runs)
         out = resolve(params.get("results_dir", "results")) / f"{run_name}-seeds.csv"
         write_csv(out, table)
@@ -281,8 +274,6 @@ def main(argv=None) -> int:
         with pd.option_context("display.width", 200, "display.max_columns", 40, "display.precision", 3):
             log(table.to_string(index=False))
         if args.reference:
-            from avlib.reference import write_reference
-
             write_reference(out.parent, run_name, runs, table, params_file=portable(args.params.resolve()),
                             reference_dir=REFERENCE_DIR, log=log)
     elif args.reference:

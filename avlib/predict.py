@@ -29,11 +29,19 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import av
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
-from avlib.indexers import VIDEO_EXTENSIONS
+from avlib.core.runtime import resolve_amp, tune_allocator
+from avlib.data.decode import DecodeError, decode_clip
+from avlib.data.features import compute_mfcc
+from avlib.data.indexers import VIDEO_EXTENSIONS
+from avlib.figures.plots import plot_timeline
+from avlib.models.detector import inference_model, video_to_model_input
+from avlib.scoring.scorer import is_sync_model, load_detector
 
 
 @dataclass(frozen=True)
@@ -53,10 +61,6 @@ def check_input(path: Path, limits: InputLimits) -> float | None:
     the limit; returns its duration in seconds (None when the header has none).
 
     Raises InputRefused naming the limit and its flag, DecodeError for unreadable files."""
-    import av
-
-    from avlib.decode import DecodeError
-
     if not path.is_file():
         raise DecodeError("file not found")
     size_mb = path.stat().st_size / 2**20
@@ -111,11 +115,6 @@ def score_file(model, path: Path, cfg: dict, device, *, stride: float | None = N
     its confidence (peak minus median similarity, as SyncNet) and the sync score (under bf16 autocast with `amp`, for a
     model made by inference_model(amp=True)). Raises InputRefused for a file over `limits`
     (checked before decoding), DecodeError for unreadable files."""
-    from avlib.decode import DecodeError, decode_clip
-    from avlib.features import compute_mfcc
-    from avlib.evaluate import is_sync_model
-    from avlib.model import video_to_model_input
-
     sync = is_sync_model(model)
     window_seconds = cfg["frames"] / cfg["fps"]
     duration = check_input(path, limits)
@@ -155,39 +154,7 @@ def default_threshold(checkpoint: Path) -> float:
     return 0.5
 
 
-def plot_timeline(windows: pd.DataFrame, path: Path, title: str, threshold: float) -> None:
-    from avlib import plots  # noqa: F401  (sets the headless backend and the theme)
-    import matplotlib.pyplot as plt
-
-    has_offset = "offset_ms" in windows
-    fig, axes = plt.subplots(2 if has_offset else 1, 1, figsize=(8, 4.6 if has_offset else 2.8), sharex=True,
-                             squeeze=False)
-    ax = axes[0, 0]
-    mid = (windows["start"] + windows["end"]) / 2
-    ax.plot(mid, windows["p_fake"], marker="o")
-    ax.axhline(threshold, color="red", ls="--", lw=1, label=f"threshold {threshold:.2f}")
-    ax.set(ylim=(0, 1), xlabel="" if has_offset else "seconds", ylabel="P(fake)", title=title)
-    ax.legend(loc="upper right", fontsize=8)
-    if has_offset:                     # the sync model's audio-visual offset per window, sized by its confidence
-        off = axes[1, 0]
-        conf = windows["offset_confidence"].clip(lower=0)
-        off.scatter(mid, windows["offset_ms"], s=20 + 200 * conf / max(float(conf.max()), 1e-6), zorder=3)
-        off.plot(mid, windows["offset_ms"], lw=1, alpha=0.5)
-        off.axhline(0, color="grey", lw=1)
-        off.set(xlabel="seconds", ylabel="offset (ms)\n+ audio lags")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def main(argv=None) -> int:
-    from tqdm.auto import tqdm
-
-    from avlib.evaluate import load_detector
-    from avlib.model import inference_model
-    from avlib.runtime import resolve_amp, tune_allocator
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", help="video files or folders")
     parser.add_argument("--checkpoint", required=True, type=Path, help="best.pt or last.pt written by 03_train")

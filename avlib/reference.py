@@ -20,13 +20,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from avlib.paths import read_json, write_csv, write_json
-from avlib.runtime import cpu_description
+from avlib.core.paths import read_json, write_csv, write_json
+from avlib.core.runtime import cpu_description
 
 SPREAD_KEYS = ("auc", "auc_FVFA", "auc_FVRA", "auc_RVFA", "sync_auc", "audio_swap_auc", "audio_swap_sync_auc",
                "heldout_style_auc", "heldout_style_sync_auc", "skip_silence_auc", "skip_silence_sync_auc")
 SKIPPED = ("checkpoints", "notebooks", ".avlib-writer*")
-FIRST_FIGURES = ("sample_clips", "leading_silence")     # what 01_preprocess draws (avlib.showcase), .png and .csv
+FIRST_FIGURES = ("sample_clips", "leading_silence")     # what 01_preprocess draws (avlib.figures.showcase), .png and .csv
 SUMMARY_ROWS = ("mean", "sd", "min", "max")
 
 

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from avlib.augment import augment_clip, parse_augment, self_blend
-from avlib.data import CachedClips, make_loader
-from avlib.params import ParameterError, check
-from avlib.preprocess import settings, write_dummy_cache
+from avlib.core.errors import ParameterError
+from avlib.data.augment import augment_clip, parse_augment, self_blend
+from avlib.data.loader import CachedClips, make_loader
+from avlib.data.preprocess import settings, write_dummy_cache
+from avlib.stages.parameters import check
 
 
 def _clip(seed=0, t=8, size=32):
@@ -73,7 +74,7 @@ def test_bad_augmentation_settings_are_named():
     with pytest.raises(ValueError, match="flip, colour, noise, compress"):
         parse_augment("flip,blur")
     with pytest.raises(ParameterError, match="`augment`"):
-        check(augment="flip,flip")
+        check("03_train", {"augment": "flip,flip"})
     with pytest.raises(ParameterError, match="`self_blend`"):
-        check(self_blend=1.5)
-    check(augment="flip,compress", self_blend=1.0)
+        check("03_train", {"self_blend": 1.5})
+    check("03_train", {"augment": "flip,compress", "self_blend": 1.0})

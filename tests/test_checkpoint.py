@@ -4,7 +4,7 @@ import pickle
 import pytest
 import torch
 
-from avlib.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from avlib.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 
 def test_round_trip(tmp_path):

@@ -6,11 +6,13 @@ import pandas as pd
 import pytest
 import torch
 
-from avlib.data import CachedClips, make_loader
-from avlib.evaluate import evaluate_run, load_detector
-from avlib.model import build_model, inference_model
-from avlib.preprocess import settings, write_dummy_cache
-from avlib.train import fit, predict
+from avlib.data.loader import CachedClips, make_loader
+from avlib.data.preprocess import settings, write_dummy_cache
+from avlib.evaluation.evaluate import evaluate_run
+from avlib.models.detector import build_model, inference_model
+from avlib.scoring.forward import predict
+from avlib.scoring.scorer import load_detector
+from avlib.training.loop import fit
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

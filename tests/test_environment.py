@@ -1,8 +1,8 @@
 """The two dependency lists must not drift, and CI must run the README's test command."""
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,20 +7,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from avlib.audit import shortcut_baseline
-from avlib.cache import read_index
-from avlib.checkpoint import save_checkpoint
-from avlib.evaluate import external_metrics, external_sets, generalization_report, update_comparison
-from avlib.indexers import index_dataset
-from avlib.media import write_video
-from avlib.metrics import choose_threshold, evaluation_report
-from avlib.model import build_model, model_config
-from avlib.params import ParameterError, check
-from avlib.predict import main as predict_main, window_starts
-from avlib.preprocess import preprocess, settings, write_dummy_cache
-from avlib.plots import plot_roc_overlay
+from avlib.core.checkpoint import save_checkpoint
+from avlib.core.errors import ParameterError
+from avlib.data.cache import read_index
+from avlib.data.indexers import index_dataset
+from avlib.data.media import write_video
+from avlib.data.preprocess import preprocess, settings, write_dummy_cache
+from avlib.data.synthetic import CorpusSpec, generate_corpus
+from avlib.evaluation.audit import shortcut_baseline
+from avlib.evaluation.evaluate import external_metrics, external_sets, generalization_report, update_comparison
+from avlib.figures.plots import plot_roc_overlay
+from avlib.models.detector import build_model, model_config
+from avlib.predict import main as predict_main
+from avlib.predict import window_starts
+from avlib.scoring.metrics import choose_threshold, evaluation_report
 from avlib.stages import evaluate_stage
-from avlib.synthetic import CorpusSpec, generate_corpus
+from avlib.stages.parameters import check
 from tests.conftest import face_frames, tone
 
 CONFIG = settings(frames=8, size=16, fps=8, n_mfcc=40, mfcc_steps=10)
@@ -102,7 +104,7 @@ def test_external_set_names_must_be_plain_and_distinct(tmp_path):
     for spec, message in ((str(tmp_path / "x y"), "'x y'"), (str(tmp_path / "test"), "'test'"),
                           (f"a={tmp_path / 'p'},a={tmp_path / 'q'}", "two external sets")):
         with pytest.raises(ParameterError, match=message) as err:
-            check(external_cache_dirs=spec)
+            check("04_evaluate", {"external_cache_dirs": spec})
         assert "`external_cache_dirs`" in str(err.value)
 
 
@@ -126,7 +128,7 @@ def _folder_corpus(data, real, fake):
 
 
 def test_external_labelled_corpus_is_scored_at_the_run_val_threshold(tmp_path, monkeypatch):
-    monkeypatch.setattr("avlib.metrics.evaluation_report", functools.partial(evaluation_report, n_boot=20))
+    monkeypatch.setattr("avlib.scoring.metrics.evaluation_report", functools.partial(evaluation_report, n_boot=20))
     _checkpoint(tmp_path)
     run = tmp_path / "run"
     own = tmp_path / "own"

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from avlib.checkpoint import load_checkpoint
-from avlib.preprocess import settings, write_dummy_cache
+from avlib.core.checkpoint import load_checkpoint
+from avlib.data.preprocess import settings, write_dummy_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 3                      # the epoch fault strikes in the last epoch, the save fault in the second
@@ -20,9 +20,9 @@ EPOCHS = 3                      # the epoch fault strikes in the last epoch, the
 SCRIPT = textwrap.dedent("""
     import sys, time, pathlib, torch
     sys.path.insert(0, {root!r})
-    import avlib.train as T
-    from avlib.data import CachedClips, make_loader
-    from avlib.model import build_model
+    import avlib.training.loop as T
+    from avlib.data.loader import CachedClips, make_loader
+    from avlib.models.detector import build_model
     cache, run, fault, marker = sys.argv[1], sys.argv[2], sys.argv[3], pathlib.Path(sys.argv[4])
 
     def hang():

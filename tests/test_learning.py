@@ -1,6 +1,5 @@
 """Learning is proven on data with signal: a small synthetic corpus at tiny shapes, trained for a
 few epochs, beats chance on identities never seen in training."""
-import pytest
 
 from avlib import stages
 

@@ -19,18 +19,19 @@ import pytest
 import torch
 
 from avlib import stages
-from avlib.cache import VIDEO_FILE, is_cached
-from avlib.checkpoint import load_checkpoint, save_checkpoint
-from avlib.data import CachedClips, make_loader
-from avlib.decode import decode_clip
-from avlib.indexers import index_dataset
-from avlib.locking import LockedError, lock_files, writer_lock
-from avlib.media import write_video
-from avlib.model import build_model, model_config
-from avlib.paths import DiskFullError, read_json, write_json
-from avlib.predict import InputLimits, InputRefused, check_input, main as predict_main
-from avlib.preprocess import preprocess, settings, write_dummy_cache
-from avlib.train import LoaderWorkerError, fit, load_resume_state
+from avlib.core.checkpoint import load_checkpoint, save_checkpoint
+from avlib.core.locking import LockedError, lock_files, writer_lock
+from avlib.core.paths import DiskFullError, read_json, write_json
+from avlib.data.cache import VIDEO_FILE, is_cached
+from avlib.data.decode import decode_clip
+from avlib.data.indexers import index_dataset
+from avlib.data.loader import CachedClips, make_loader
+from avlib.data.media import write_video
+from avlib.data.preprocess import preprocess, settings, write_dummy_cache
+from avlib.models.detector import build_model, model_config
+from avlib.predict import InputLimits, InputRefused, check_input
+from avlib.predict import main as predict_main
+from avlib.training.loop import LoaderWorkerError, fit, load_resume_state
 from tests.conftest import face_frames, tone
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +43,7 @@ CONFIG = settings(frames=4, size=16, fps=25, n_mfcc=40, mfcc_steps=8)
 HOLDER = textwrap.dedent("""
     import sys, time, pathlib
     sys.path.insert(0, {root!r})
-    from avlib.locking import writer_lock
+    from avlib.core.locking import writer_lock
     with writer_lock(sys.argv[1], "03_train"):
         pathlib.Path(sys.argv[2]).write_text("holding")
         time.sleep(300)
@@ -288,7 +289,7 @@ MEASURE = textwrap.dedent("""
     import pathlib, re, sys
     sys.path.insert(0, {root!r})
     import av
-    import avlib.decode       # imported by check_input: loads OpenCV (40 MB), not what is measured here
+    import avlib.data.decode       # imported by check_input: loads OpenCV (40 MB), not what is measured here
     from avlib.predict import InputLimits, InputRefused, check_input
 
     def peak_growth(action):     # MB the peak RSS grows by during action (Linux: clear_refs 5 resets the peak)

@@ -11,8 +11,8 @@ import nbformat
 import pandas as pd
 import pytest
 
+from avlib.core.progress import Heartbeat, ProgressLines, format_duration
 from avlib.pipeline import compare_with_reference, spread_verdict, summary_lines
-from avlib.progress import Heartbeat, ProgressLines, format_duration
 from tests.conftest import _git
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,9 +80,9 @@ def test_heartbeat_speaks_during_a_long_epoch_and_passes_the_loader_through():
 
 
 def test_preprocess_reports_clips_done_and_rate(tmp_path, capsys):
-    from avlib.indexers import index_dataset
-    from avlib.media import write_video
-    from avlib.preprocess import preprocess, settings
+    from avlib.data.indexers import index_dataset
+    from avlib.data.media import write_video
+    from avlib.data.preprocess import preprocess, settings
     from tests.conftest import face_frames, tone
 
     for label in ("real", "fake"):
@@ -241,7 +241,7 @@ def test_reference_needs_seeds_and_04(capsys):
 
 
 def test_prepare_entries_take_the_runs_settings_and_refuse_unknown_keys():
-    from avlib.params import ParameterError
+    from avlib.core.params import ParameterError
     from avlib.pipeline import prepare_params
 
     main = {"run_name": "demo", "dataset": "synthetic", "frames": 32, "fps": 16.0, "epochs": 12, "data_dir": "data/a"}

@@ -3,8 +3,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from avlib.metrics import (binary_metrics, bootstrap_ci, calibration, choose_threshold, equal_error_rate,
-                           evaluation_report, per_group)
+from avlib.scoring.metrics import (
+    binary_metrics,
+    bootstrap_ci,
+    calibration,
+    choose_threshold,
+    equal_error_rate,
+    evaluation_report,
+    per_group,
+)
 
 LABELS = np.array([0, 0, 0, 0, 1, 1, 1, 1])
 PROBS = np.array([0.1, 0.3, 0.6, 0.2, 0.8, 0.4, 0.9, 0.7])

@@ -1,8 +1,14 @@
 import pytest
 import torch
 
-from avlib.checkpoint import CheckpointError
-from avlib.model import build_model, count_parameters, inference_model, load_video_weights, video_to_model_input
+from avlib.core.checkpoint import CheckpointError
+from avlib.models.detector import (
+    build_model,
+    count_parameters,
+    inference_model,
+    load_video_weights,
+    video_to_model_input,
+)
 
 
 def test_default_model_has_the_seeds_exact_parameter_count():
@@ -124,7 +130,7 @@ def test_compiled_inference_copy_scores_like_the_model():
 
 
 def test_framediff_encoder_is_rebuilt_from_its_config_and_refuses_r2plus1d_weights(tmp_path):
-    from avlib.model import model_config, model_kwargs
+    from avlib.models.detector import model_config, model_kwargs
 
     model = build_model(video_encoder="framediff")
     assert model_config(model)["video_encoder"] == "framediff"
@@ -155,7 +161,7 @@ def test_framediff_encoder_learns_a_flicker_that_no_single_frame_shows():
     trained on 64 clips, it ranks new flickering clips above still ones."""
     from sklearn.metrics import roc_auc_score
 
-    from avlib.model import FrameDiffEncoder
+    from avlib.models.detector import FrameDiffEncoder
 
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)

@@ -1,4 +1,4 @@
-"""The notebooks as people use them: committed clean, parameters documented, and the whole
+"""The notebooks as people use them: committed clean, params files valid, and the whole
 chain run headlessly by papermill on params/smoke.yaml (dummy tensors) into a temporary folder."""
 import json
 import struct
@@ -9,8 +9,10 @@ import pandas as pd
 import papermill
 import pytest
 
-from avlib.params import ParameterError, load_params
-from avlib.pipeline import NOTEBOOKS, notebook_parameters, prepare_params, split_params
+from avlib.core.errors import ParameterError
+from avlib.core.params import load_params
+from avlib.pipeline import prepare_params, split_params
+from avlib.stages.parameters import NOTEBOOKS
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -24,23 +26,6 @@ def test_notebook_is_committed_clean_with_one_parameters_cell(name):
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(not c.outputs and c.execution_count is None for c in code)
     assert not any(line.lstrip().startswith(("def ", "class ")) for c in code for line in c.source.splitlines())
-
-
-@pytest.mark.parametrize("name", NOTEBOOKS)
-def test_every_parameter_is_typed_and_documented(name):
-    for param, info in notebook_parameters(name).items():
-        assert info["inferred_type_name"] != "None", f"{name}: {param} has no type hint"
-        assert info["help"], f"{name}: {param} has no trailing comment"
-
-
-@pytest.mark.parametrize("name", NOTEBOOKS)
-def test_papermill_parses_every_line_of_the_parameters_cell(name):
-    """papermill skips (with only a log line) a parameter line it cannot parse, e.g. one whose
-    comment holds a second '='; such a parameter could never be set from a params file."""
-    nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
-    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    declared = [line.split(":")[0].strip() for line in cell.source.splitlines() if line.strip()]
-    assert declared == list(notebook_parameters(name))
 
 
 @pytest.mark.parametrize("params_file", sorted((ROOT / "params").glob("*.yaml")), ids=lambda p: p.name)

@@ -11,9 +11,9 @@ PROBE = """
 import resource, sys
 import torch
 if sys.argv[1] == "tuned":
-    from avlib.runtime import tune_allocator
+    from avlib.core.runtime import tune_allocator
     assert tune_allocator() and tune_allocator()          # idempotent
-from avlib.model import build_model
+from avlib.models.detector import build_model
 torch.manual_seed(0)
 model = build_model().eval()
 video, audio = torch.rand(4, 3, 16, 64, 64), torch.randn(4, 20, 40)
@@ -49,7 +49,7 @@ AVX512_BF16 = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vn
     (None, False, "this CPU has no avx512_bf16 or amx_bf16"),          # no /proc/cpuinfo (macOS, Windows)
 ], ids=["avx2", "avx512_bf16", "amx", "no-cpuinfo"])
 def test_amp_auto_takes_bf16_only_on_a_cpu_that_computes_in_it(tmp_path, cpuinfo, auto, why):
-    from avlib.runtime import resolve_amp
+    from avlib.core.runtime import resolve_amp
 
     path = tmp_path / "cpuinfo"
     if cpuinfo is not None:
@@ -70,7 +70,7 @@ def test_amp_auto_takes_bf16_only_on_a_cpu_that_computes_in_it(tmp_path, cpuinfo
 ], ids=["avx2", "avx512_bf16", "avx512", "no-cpuinfo"])
 def test_cpu_description_says_whether_it_has_avx512_and_bf16(tmp_path, cpuinfo, units):
     """What the reference's spread.json records beside its figures (they depend on it)."""
-    from avlib.runtime import cpu_description
+    from avlib.core.runtime import cpu_description
 
     path = tmp_path / "cpuinfo"
     if cpuinfo is not None:
@@ -82,7 +82,7 @@ def test_cpu_description_says_whether_it_has_avx512_and_bf16(tmp_path, cpuinfo, 
 def test_amp_auto_on_cuda_follows_the_gpu(monkeypatch, bf16):
     import torch
 
-    from avlib.runtime import resolve_amp
+    from avlib.core.runtime import resolve_amp
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
@@ -92,11 +92,12 @@ def test_amp_auto_on_cuda_follows_the_gpu(monkeypatch, bf16):
 
 @pytest.mark.parametrize("value", ["yes", 1, None, "Auto"])
 def test_amp_accepts_only_true_false_or_auto(value):
-    from avlib.params import ParameterError, check
-    from avlib.runtime import resolve_amp
+    from avlib.core.errors import ParameterError
+    from avlib.core.params import amp as check_amp
+    from avlib.core.runtime import resolve_amp
 
-    check(amp=True), check(amp=False), check(amp="auto")
+    check_amp("amp", True), check_amp("amp", False), check_amp("amp", "auto")
     with pytest.raises(ParameterError, match="`amp` must be true, false or auto"):
-        check(amp=value)
+        check_amp("amp", value)
     with pytest.raises(ParameterError, match="`amp`"):
         resolve_amp(value, "cpu")

@@ -1,4 +1,4 @@
-"""The notebooks' displays (avlib.showcase): figures on a tiny dummy cache, and the empty cases
+"""The notebooks' displays (avlib.figures.showcase): figures on a tiny dummy cache, and the empty cases
 (no clips, a missing category, no mistakes) that must give a note instead of an error."""
 import struct
 
@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from avlib import plots, showcase
-from avlib.cache import read_index
-from avlib.checkpoint import save_checkpoint
-from avlib.paths import write_csv
-from avlib.preprocess import settings, write_dummy_cache
+from avlib.core.checkpoint import save_checkpoint
+from avlib.core.paths import write_csv
+from avlib.data.cache import read_index
+from avlib.data.preprocess import settings, write_dummy_cache
+from avlib.figures import plots, showcase
 
 
 def _png_size(path):

@@ -6,13 +6,14 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from avlib import stages
-from avlib.cache import CacheError
-from avlib.data import CachedClips, make_loader
-from avlib.model import build_model, count_parameters, inference_model, model_config
-from avlib.params import ParameterError
-from avlib.preprocess import settings, write_dummy_cache
-from avlib.sync import SyncBranch, check_sync_window, sync_loss, sync_offsets
-from avlib.train import fit, predict
+from avlib.core.params import ParameterError
+from avlib.data.cache import CacheError
+from avlib.data.loader import CachedClips, make_loader
+from avlib.data.preprocess import settings, write_dummy_cache
+from avlib.models.detector import build_model, count_parameters, inference_model, model_config
+from avlib.models.sync import SyncBranch, check_sync_window, sync_loss, sync_offsets
+from avlib.scoring.forward import predict
+from avlib.training.loop import fit
 
 SYNC_CONFIG = settings(frames=16, size=16, fps=10.0, n_mfcc=40, mfcc_steps=8)   # k = 6 offsets each side
 
@@ -57,7 +58,7 @@ def _talking_faces(n, first, fps, frames, delays=None, size=32):
     `delays` frames (positive: the audio lags)."""
     import cv2
 
-    from avlib import synthetic as S
+    from avlib.data import synthetic as S
 
     spec = S.CorpusSpec(identities=400, seconds=frames / fps + 0.6, fps=fps, size=64, seed=0)
     spf = int(round(16000 / fps))
@@ -188,7 +189,8 @@ def test_sync_pretraining_uses_real_clips_only_and_initialises_a_later_model(syn
 
 
 def test_predict_reports_each_windows_offset_for_a_sync_model(make_video, tmp_path):
-    from avlib.predict import plot_timeline, score_file
+    from avlib.figures.plots import plot_timeline
+    from avlib.predict import score_file
 
     torch.manual_seed(0)
     model = inference_model(build_model(fusion="sync", fps=10.0, frames=16, trunk_stride=4))

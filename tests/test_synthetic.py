@@ -6,10 +6,11 @@ import av
 import numpy as np
 import pytest
 
-from avlib.indexers import index_dataset, read_fakeavceleb_metadata
-from avlib.params import ParameterError, check
-from avlib.synthetic import CorpusSpec, clip_fps, generate_corpus
-from avlib.synthetic_styles import STYLES
+from avlib.core.errors import ParameterError
+from avlib.data.indexers import index_dataset, read_fakeavceleb_metadata
+from avlib.data.synthetic import CorpusSpec, clip_fps, generate_corpus
+from avlib.data.synthetic_styles import STYLES
+from avlib.stages.parameters import check
 
 SPEC = CorpusSpec(identities=3, seconds=0.6, size=32)
 STYLED = CorpusSpec(identities=4, seconds=0.4, size=32, styles=tuple(STYLES))   # one identity per style
@@ -102,9 +103,9 @@ def test_audio_swap_corpus_carries_another_real_voice_on_the_same_video(tmp_path
 
 def test_a_bad_style_parameter_names_the_allowed_ones():
     with pytest.raises(ParameterError, match="corpus_styles.*studio, newsroom, webcam, outdoor"):
-        check(corpus_styles="studio,cartoon")
+        check("01_preprocess", {"corpus_styles": "studio,cartoon"})
     with pytest.raises(ParameterError, match="identities"):
-        check(dataset="synthetic", identities=3, corpus_styles="studio,newsroom,webcam,outdoor")
+        check("01_preprocess", {"dataset": "synthetic", "identities": 3, "corpus_styles": "studio,newsroom,webcam,outdoor"})
 
 
 @pytest.mark.parametrize("spec,match", [(CorpusSpec(identities=0), "identities"),

@@ -4,11 +4,10 @@ import pandas as pd
 import pytest
 import torch
 
-from avlib.checkpoint import save_checkpoint
-from avlib.data import CachedClips, make_loader
-from avlib.model import build_model
-from avlib.preprocess import settings, write_dummy_cache
-from avlib.train import NonFiniteLossError, ResumeError, fit, train_one_epoch
+from avlib.data.loader import CachedClips, make_loader
+from avlib.data.preprocess import settings, write_dummy_cache
+from avlib.models.detector import build_model
+from avlib.training.loop import NonFiniteLossError, ResumeError, fit, train_one_epoch
 
 CONFIG = settings(frames=4, size=16, fps=25, n_mfcc=40, mfcc_steps=8)
 
@@ -146,7 +145,7 @@ def test_video_loss_trains_the_video_head_on_per_modality_labels(tiny_cache, tmp
 
 def test_video_loss_needs_a_video_head_and_labels_that_name_the_modality(tiny_cache, tmp_path):
     from avlib import stages
-    from avlib.params import ParameterError
+    from avlib.core.params import ParameterError
 
     common = dict(results_dir=str(tmp_path / "results"))
     stages.preprocess_stage(run_name="r", dataset="dummy", data_dir="", cache_dir=str(tiny_cache), frames=4, size=16,
@@ -179,7 +178,7 @@ def test_a_loader_collects_earlier_iterators_before_its_workers_fork():
     from torch.utils.data import TensorDataset
     from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
-    from avlib.data import make_loader
+    from avlib.data.loader import make_loader
 
     def iterators():
         return [o for o in gc.get_objects() if type(o) is _MultiProcessingDataLoaderIter]

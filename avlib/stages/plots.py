@@ -1,0 +1,41 @@
+"""05_plots: every figure of the run, PNG with the CSV of its numbers."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from avlib.core.paths import read_json, resolve
+from avlib.figures import plots
+from avlib.stages.common import need, stage
+
+
+@stage("05_plots")
+def plots_stage(p) -> list[Path]:
+    """Every figure of the run into results/<run_name>/figures/ (PNG + CSV); returns the PNG paths."""
+    run = resolve(p.results_dir) / p.run_name
+    pred = pd.read_csv(need(run / "predictions.csv", "predictions.csv", "04_evaluate"), keep_default_na=False)
+    metrics = read_json(need(run / "metrics.json", "metrics.json", "04_evaluate"))
+    history = pd.read_csv(need(run / "history.csv", "history.csv", "03_train"))
+    figures = run / "figures"
+    out = [plots.plot_confusion_matrix(pred, figures),
+           plots.plot_training_curves(history, figures, kept_epoch=metrics.get("epoch"))]
+    if pred["label"].nunique() == 2:
+        out += [plots.plot_roc(pred, figures, metrics["threshold"], metrics["auc"]),
+                plots.plot_precision_recall(pred, figures, metrics["ap"]),
+                plots.plot_per_category(metrics["per_category"], figures)]
+    out += [plots.plot_score_distributions(pred, figures, metrics["threshold"]), plots.plot_reliability(pred, figures)]
+    if metrics.get("external"):
+        sets = {f"{metrics['split']} (in-domain)": pred}
+        for name, ext in metrics["external"].items():
+            sets[name] = pd.read_csv(need(run / ext["predictions"], ext["predictions"], "04_evaluate"),
+                                     keep_default_na=False)
+        out.append(plots.plot_roc_overlay(sets, figures))
+    if "sync_score" in pred:                     # a sync model: its real-only score per category, every set
+        sync_sets = {f"{metrics['split']} (in-domain)": pred}
+        for name, ext in metrics.get("external", {}).items():
+            table = pd.read_csv(run / ext["predictions"], keep_default_na=False)
+            if "sync_score" in table:
+                sync_sets[name] = table
+        out.append(plots.plot_sync_scores(sync_sets, figures))
+    return out
