@@ -117,8 +117,8 @@ def compare_with_reference(metrics: dict, reference: dict, spread: dict | None =
 
 def spread_verdict(value: float, earlier: list[float], what: str = "AUC") -> str:
     """Where `value` falls against the values of earlier runs of the same configuration, to the
-    three decimals it prints (spread.json keeps four: a rerun of the median seed, 0.934156, was
-    called below its own 0.9342)."""
+    three decimals it prints (spread.json keeps four, at which a rerun of the median seed could
+    be called below its own value)."""
     low, high = min(earlier), max(earlier)
     if round(low, 3) <= round(value, 3) <= round(high, 3):
         return f"{what} {value:.3f} is within the range of earlier runs ({low:.3f}-{high:.3f})"

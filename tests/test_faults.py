@@ -48,7 +48,7 @@ SCRIPT = textwrap.dedent("""
             return real_step(model, criterion, optimizer, loader, device, epoch, **kw)
         T.train_one_epoch = step
     torch.manual_seed(0)
-    model = build_model()
+    model = build_model(video_encoder="framediff")   # 0.4 M parameters: the resume logic, not the trunk, is under test
     train = make_loader(CachedClips(cache, "train"), batch_size=4, train=True, seed=0)
     val = make_loader(CachedClips(cache, "val"), batch_size=4, train=False)
     T.fit(model, train, val, run_dir=run, epochs={epochs}, lr=1e-3, device=torch.device("cpu"), seed=0,

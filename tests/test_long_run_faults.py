@@ -149,7 +149,7 @@ def _fit(cache, run, epochs, *, train_set=None, workers=0):
     torch.manual_seed(0)
     train = make_loader(train_set or CachedClips(cache, "train"), batch_size=4, train=True, workers=workers, seed=0)
     val = make_loader(CachedClips(cache, "val"), batch_size=4, train=False)
-    return fit(build_model(), train, val, run_dir=run, epochs=epochs, lr=1e-3, device=torch.device("cpu"), seed=0,
+    return fit(build_model(video_encoder="framediff"), train, val, run_dir=run, epochs=epochs, lr=1e-3, device=torch.device("cpu"), seed=0,
                progress=False, log=lambda *a: None)
 
 

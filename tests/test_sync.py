@@ -117,7 +117,7 @@ def sync_cache(tmp_path):
 
 def _fit_sync(cache, run, epochs, log=lambda *a: None, **kw):
     torch.manual_seed(0)
-    model = build_model(fusion="sync", fps=10.0, frames=16, trunk_stride=4)
+    model = build_model(fusion="sync", fps=10.0, frames=16, trunk_stride=4, video_encoder="framediff")
     train = make_loader(CachedClips(cache, "train", waveform=True), batch_size=4, train=True, seed=0)
     val = make_loader(CachedClips(cache, "val", waveform=True), batch_size=4, train=False)
     history = fit(model, train, val, run_dir=run, epochs=epochs, lr=1e-3, device=torch.device("cpu"), seed=0,

@@ -8,9 +8,10 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]         # avlib/core/paths.py -> the repository
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 
 
@@ -76,9 +77,24 @@ def disk_full_error(path: str | os.PathLike, needed: int, error: OSError, *, at_
                                       f"elsewhere) and rerun: finished work is kept and the run resumes")
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def umask_mode(mode: int = 0o666) -> int:
+    """`mode` less the process's umask: the permissions open() gives a new file (0o666) or
+    mkdir a new folder (0o777). Temporary files and folders (mkstemp, mkdtemp) are private
+    (0600, 0700); what is renamed into place gets these instead, so that a collaborator on a
+    shared file system reads results, caches and checkpoints as the user's umask allows."""
+    with _UMASK_LOCK:           # umask can only be read by setting it
+        umask = os.umask(0o077)
+        os.umask(umask)
+    return mode & ~umask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data) -> None:
     """Write `data` (bytes or a buffer) to `path` through a temporary file in the same folder
-    and os.replace, so `path` holds its old content or all of `data`, never a part.
+    and os.replace, so `path` holds its old content or all of `data`, never a part; it gets
+    the permissions the umask gives a new file.
 
     Raises DiskFullError (the temporary file removed) when the disk or the quota is full."""
     path = Path(path)
@@ -88,6 +104,7 @@ def atomic_write_bytes(path: str | os.PathLike, data) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
+            os.fchmod(fd, umask_mode())
             _write_all(fd, view)
             os.fsync(fd)       # a full disk can surface only here (delayed allocation, NFS)
         finally:

@@ -42,7 +42,7 @@ def tune_allocator() -> bool:
 
 
 # CPU flags (Linux /proc/cpuinfo) of instructions that compute in bf16. Without them oneDNN
-# emulates bf16 and autocast is two orders of magnitude slower than fp32 (DESIGN.md).
+# emulates bf16 and autocast is two orders of magnitude slower than fp32.
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 

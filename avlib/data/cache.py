@@ -7,7 +7,7 @@ cache_dir/records.csv     every indexed clip with its split
 cache_dir/clips/<id>/     video.lz4 uint8 frames (T, H, W, 3), LZ4-framed, read as a (3, T, H, W) view;
                           mfcc.npy (S, n_mfcc) float32; audio.npy int16 (N,) the window's mono
                           waveform at the manifest's sample rate (manifest "waveform": true); meta.json
-                          (caches written before 2026-11-26 hold video.npy instead; both are read)
+                          (older caches hold video.npy instead; both are read)
 cache_dir/failures/<id>.json, failures.csv   files that could not be used, with a reason
 cache_dir/index.csv       one row per cached clip: its record, split, valid_frames, has_audio
 """
@@ -22,26 +22,26 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import lz4.frame
 import numpy as np
 import pandas as pd
 
-from avlib.core.paths import disk_full_error, is_disk_full, read_json, write_csv, write_json
-import lz4.frame
+from avlib.core.paths import disk_full_error, is_disk_full, read_json, umask_mode, write_csv, write_json
 
 # The video is stored LZ4-compressed (lossless) in LZ4's frame format, which records the content
 # size: a cut file is an error, never a short clip.
 # Why: uint8 video alone is exactly a quarter of the seed's float32 video, so with the float32
-# MFCC beside it a raw cache is 0.251 of the seed's bytes; LZ4 in its fast mode takes a few
-# ms per full-size clip each way (zlib took 27 ms to write and 10 ms to read). LZ4's content
-# checksum would add 1.5 ms each way (a quarter of the cost) and was left off: like the .npy
-# files before, a bit flipped on disk is not detected. Readers memory-map the compressed
+# MFCC beside it a raw cache is about a quarter of the seed's bytes; LZ4 in its fast mode takes
+# a few ms per full-size clip each way, several times less than zlib. LZ4's content checksum
+# would add about a quarter to that cost and was left off: like the .npy files before, a bit
+# flipped on disk is not detected. Readers memory-map the compressed
 # file (the page cache is shared by all loader workers) and decompress it into a fresh array.
 # Frames are stored as decoded, (T, H, W, 3): no transposing copy when writing, and the (3, T, H,
 # W) view readers get has the memory order of channels_last_3d, which the model runs in.
 VIDEO_FILE, LEGACY_VIDEO_FILE = "video.lz4", "video.npy"
-AUDIO_FILE = "audio.npy"      # int16 mono waveform of the window (caches from 2026-11-29 on; see read_waveform)
-LZ4_LEVEL = -8          # LZ4 fast mode, acceleration 8: on full-size synthetic clips 5.3 ms to write, 1.5 ms to
-                        # read, 0.53 of the bytes (acceleration 1: 6.7 ms, 1.6 ms, 0.51)
+AUDIO_FILE = "audio.npy"      # int16 mono waveform of the window (absent from older caches; see read_waveform)
+LZ4_LEVEL = -8          # LZ4 fast mode, acceleration 8: faster to write than acceleration 1, for files
+                        # barely larger
 
 META_COLUMNS = ("valid_frames", "has_audio", "start_seconds", "lead_silence", "audio_rms_db")
 MANIFEST_KEYS = ("frames", "size", "fps", "n_mfcc", "mfcc_steps", "sample_rate", "window", "skip_silence", "face_crop")
@@ -99,6 +99,7 @@ def write_clip(cache_dir: Path, cid: str, video: np.ndarray, mfcc: np.ndarray, m
     clips = Path(cache_dir) / "clips"
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{cid}-", dir=clips))
     try:
+        tmp.chmod(umask_mode(0o777))             # mkdtemp's folder is private; the clip's should not be
         (tmp / VIDEO_FILE).write_bytes(compress_video(video))
         np.save(tmp / "mfcc.npy", np.ascontiguousarray(mfcc, dtype=np.float32))
         if waveform is not None:
@@ -171,7 +172,7 @@ def read_clip(cache_dir: Path, cid: str, manifest: dict) -> tuple[np.ndarray, np
 
 
 def has_waveform(manifest: dict) -> bool:
-    """Whether the cache's clips keep their waveform (caches made before 2026-11-29 do not)."""
+    """Whether the cache's clips keep their waveform (older caches do not)."""
     return bool(manifest.get("waveform", False))
 
 

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import av
 import cv2
-import numpy as np
-from avlib.data.face import crop_faces, square_resize
 import librosa
+import numpy as np
+
+from avlib.data.face import crop_faces, square_resize
 
 SAMPLE_RATE = 16000
 

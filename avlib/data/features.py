@@ -8,8 +8,8 @@ padded by repeating the last frame to exactly `steps`.
 """
 from __future__ import annotations
 
-import numpy as np
 import librosa
+import numpy as np
 
 
 def mfcc_hop(window_seconds: float, sample_rate: int, steps: int) -> int:

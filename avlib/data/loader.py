@@ -8,14 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, WeightedRandomSampler
+from torch.utils.data.distributed import DistributedSampler
 
 from avlib.data import cache
-from avlib.data.augment import augment_clip
-from avlib.data.augment import parse_augment
-from avlib.data.augment import self_blend
-from torch.utils.data.distributed import DistributedSampler
-import torch.distributed as dist
+from avlib.data.augment import augment_clip, parse_augment, self_blend
 
 VIDEO_FAKE = ("FVRA", "FVFA")          # FakeAVCeleb's categories whose video is manipulated
 AUDIO_ONLY_FAKE = ("RVFA",)
@@ -207,8 +205,8 @@ class _CollectingLoader(DataLoader):
 def _leave_inherited_objects_alone(worker_id: int) -> None:
     """A forked worker inherits the parent's uncollected garbage, earlier loaders' iterators
     included; when the worker's garbage collector reached one, its __del__ printed
-    "AssertionError: can only test a child process" (04 of a sync model, four times a run).
-    gc.freeze() keeps every inherited object out of the worker's collections from here on; a
-    collection in the worker before this runs still printed it (04 of a concat run, once), so
+    "AssertionError: can only test a child process". gc.freeze() keeps every inherited object
+    out of the worker's collections from here on; a collection in the worker before this runs
+    can still print it, so
     the loader also collects the parent's garbage before its workers fork (_CollectingLoader)."""
     gc.freeze()

@@ -4,23 +4,22 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing as mp
-import os
 import sys
 import time
 from pathlib import Path
 
+import cv2
+import librosa
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
+from avlib.core.paths import is_disk_full, write_csv
+from avlib.core.progress import ProgressLines
 from avlib.data import cache
 from avlib.data.decode import SAMPLE_RATE, decode_clip
 from avlib.data.features import compute_mfcc, waveform_to_int16
-from avlib.core.paths import is_disk_full, write_csv
 from avlib.data.splits import assign_splits, split_summary
-from avlib.core.progress import ProgressLines
-from threadpoolctl import threadpool_limits
-import cv2
-import librosa
 
 
 def settings(*, frames: int, size: int, fps: float, n_mfcc: int, mfcc_steps: int, window: str = "start",
@@ -61,8 +60,8 @@ def worker_context():
 
     fork when torch is not loaded in this process (the 01_preprocess kernel, the CLI): the
     workers start at once with everything imported. Otherwise forkserver with the decoding
-    stack preloaded: plain fork hangs once a parent has run torch's OpenMP threads (seen in
-    a pytest session), and the fork server starts clean, imports once (about 2 s), and forks
+    stack preloaded: plain fork hangs once a parent has run torch's OpenMP threads, and the
+    fork server starts clean, imports once (about 2 s), and forks
     each worker from there."""
     methods = mp.get_all_start_methods()
     if "fork" in methods and "torch" not in sys.modules:

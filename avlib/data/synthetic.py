@@ -11,7 +11,7 @@ face whose mouth follows the speech envelope of a source-filter voice. The manip
 The strength of each artifact is drawn per clip (audio 0.35-1, video 0.5-1 in the studio
 style), so some fakes are subtle. Deterministic for a given seed. `leading_silence` > 0 prepends
 that many seconds of silence to fake audio, reproducing FakeAVCeleb's known shortcut
-(DESIGN.md) for audits.
+for audits.
 
 `styles` (avlib.data.synthetic_styles) chooses the generators: identities are dealt to them in
 turn, each clip's style is written to styles.csv beside meta_data.csv, and the `synthetic`
@@ -27,18 +27,29 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
+import librosa
 import numpy as np
 import pandas as pd
 from scipy.signal import lfilter
 
 from avlib.core.paths import atomic_write_bytes, read_json, write_json
-from avlib.data.synthetic_styles import (STYLES, Style, camera_box, camera_path, capture, fake_region, grain_path,
-                                    lit_shade, manipulate_face, parse_styles, vocode)
-from avlib.data.synthetic_styles import background as style_background
 from avlib.core.progress import ProgressLines
 from avlib.data.media import write_video
 from avlib.data.preprocess import worker_context
-import librosa
+from avlib.data.synthetic_styles import (
+    STYLES,
+    Style,
+    camera_box,
+    camera_path,
+    capture,
+    fake_region,
+    grain_path,
+    lit_shade,
+    manipulate_face,
+    parse_styles,
+    vocode,
+)
+from avlib.data.synthetic_styles import background as style_background
 
 ROOT_NAME = "FakeAVCeleb_v1.2"
 CATEGORIES = {  # folder -> (letter in meta_data.csv, fake video, fake audio)

@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import cv2
+import librosa
 import numpy as np
 from scipy.ndimage import gaussian_filter1d, uniform_filter1d
 from scipy.signal import butter, lfilter
-import librosa
 
 SAMPLE_RATE = 16000
 

@@ -61,8 +61,7 @@ class FrameDiffEncoder(nn.Module):
     demo's scale (`video_encoder: framediff`); the seed's R(2+1)D-18 stays the default.
 
     Why: trained from scratch on the demo's ~200 clips for minutes on a CPU, R(2+1)D-18 (31 M
-    parameters) learned no visual cue (FakeVideo-RealAudio AUC 0.50, the sync model's equal to
-    its sync score's). What every face swap of the synthetic corpus leaves, whatever its
+    parameters) learned no visual cue. What every face swap of the synthetic corpus leaves, whatever its
     generator, is a region re-rendered frame by frame: it flickers and its edge moves against
     the face. The frame difference shows that to the first layer, as temporal-coherence
     detectors do for real face swaps (FTCN, Zheng et al., ICCV 2021; LipForensics, Haliassos et
@@ -70,12 +69,6 @@ class FrameDiffEncoder(nn.Module):
     spatial pooling is a max, not a mean (a mean drowned it). Frames: 6 conv-BN-ReLU layers
     (width, width, 2 x width / 2, 2 x width, 4 x width / 2, 4 x width), max over space; clip:
     mean and sd over time -> fc -> `out_features`. About 0.42 M parameters at width 32.
-
-    Exploratory, video-only, one seed each (a throwaway script, not kept; 3-style synthetic corpus, 16 frames of 32 x 32,
-    self-blend 0.3, 10-15 epochs; AUC of visual fakes against the rest): in-domain test
-    0.86-0.95 and held-out style 0.78-0.85 with the difference channel, 0.74-0.83 and 0.64-0.76
-    without it, 0.55-0.72 and 0.51-0.61 with mean pooling and no self-blend. The demos' figures
-    over three seeds are in the README.
     """
 
     def __init__(self, out_features: int = 512, width: int = 32):
@@ -119,7 +112,7 @@ class AudioEncoder(nn.Module):
         self.mfcc_std.copy_(torch.as_tensor(std, dtype=torch.float32).clamp_min(1e-3))
 
     def forward(self, mfcc: torch.Tensor) -> torch.Tensor:
-        # The LSTM runs in fp32 even under autocast: bf16 recurrences drift (DESIGN.md).
+        # The LSTM runs in fp32 even under autocast: bf16 recurrences drift.
         with torch.autocast(device_type=mfcc.device.type, enabled=False):
             x = (mfcc.float() - self.mfcc_mean) / self.mfcc_std
             _, (hn, _) = self.lstm(x)
@@ -137,11 +130,10 @@ class DeepfakeDetector(nn.Module):
     features (batch-normalised) join the pooled features in the classifier and also reach the
     logits through a linear head of their own (`sync_head`, added to the classifier's output):
     behind the 256-unit layer the classifier leaned on the MFCC branch, which already separates
-    the voice-cloned fakes it trains on, and a swapped real voice has no such artifact (demo:
-    audio-swap AUC 0.82 without the head). The head starts as the real-only sync score
-    (log p(offset 0), 2 logits toward fake per standard deviation below the batch's mean):
-    trained from zero with Adam it moved too little in a demo's 270 steps to matter (audio-swap
-    AUC 0.63, seed 0). Training adjusts it. The features are detached: the sync
+    the voice-cloned fakes it trains on, and a swapped real voice has no such artifact. The head
+    starts as the real-only sync score (log p(offset 0), 2 logits toward fake per standard
+    deviation below the batch's mean): trained from zero with Adam it moved too little in a
+    demo's 270 steps to matter. Training adjusts it. The features are detached: the sync
     branch learns only from its own objective on real clips (`avlib.models.sync.sync_loss`), so its
     score stays one that never saw a fake label. It needs the waveform: forward(video, mfcc,
     waveform). `trunk_stride` > 1 feeds the trunk every s-th frame (the sync branch sees all of
@@ -185,10 +177,9 @@ class DeepfakeDetector(nn.Module):
         # (FakeAVCeleb's FVRA and FVFA, self-blends). With it, the trunk learns from that loss
         # alone, as the sync branch learns from its own: the classifier reads the trunk's features
         # detached, since its cross-entropy would ask the trunk to call RVFA's real video fake,
-        # which only a generator's fingerprints can do (demo_sync seed 1, held-out style: 0.713
-        # with the classifier's gradient reaching the trunk, 0.767 without). The logit itself is
-        # not part of the output: added to the log-odds of FAKE (times a learned gain) it gave
-        # 0.755 against 0.798 without (seed 0), so the simpler model stayed.
+        # which only a generator's fingerprints can do (with that gradient, the held-out style did worse).
+        # The logit itself is not part of the output: added to the log-odds of FAKE (times a
+        # learned gain) it did worse on the held-out style, so the simpler model stayed.
         self.video_head = nn.Linear(video_feature_size, 1) if video_head else None
         self.classifier = nn.Sequential(
             nn.Linear(video_feature_size + audio_feature_size + extra, 256),

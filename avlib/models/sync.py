@@ -75,7 +75,7 @@ class MouthEncoder(nn.Module):
                 nn.Conv3d(cout, cout, (3, 1, 1), padding=(1, 0, 0), bias=False),
                 nn.BatchNorm3d(cout), nn.ReLU(inplace=True))
 
-        # (16, 32, 64) channels learned the offsets of tests/test_sync.py too slowly (19 % after 3 epochs)
+        # (16, 32, 64) channels learned the offsets of tests/test_sync.py too slowly
         self.net = nn.Sequential(block(3, 32, 1), block(32, 48, 2), block(48, dim, 2))
         self.head = nn.Conv1d(dim, dim, 3, padding=1)
 

@@ -41,8 +41,7 @@ def choose_threshold(labels, probs) -> float:
     It lies midway between the lowest validation score that J's best cut calls FAKE and the
     highest one it calls REAL (the widest margin the cut allows), not on that lowest FAKE score
     itself (roc_curve's threshold), which calls real any test fake a hair below validation's
-    weakest one. On the demos' validation splits the gap is narrow: the thresholds moved by
-    0.01 at most (demo_sync: 0.954 -> 0.950, 0.843 -> 0.833, 0.918 -> 0.916)."""
+    weakest one."""
     labels, probs = np.asarray(labels).astype(int), np.asarray(probs, float)
     if not _two_classes(labels):
         return 0.5
