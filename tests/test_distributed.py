@@ -24,7 +24,7 @@ def prepared(tmp_path_factory):
                                 size=16, fps=10.0, n_mfcc=40, mfcc_steps=8, limit=32, progress=False, **common)
         # a sync model (its branch trains only on real clips, the rest on all: every parameter must
         # still get a gradient on every rank), its trunk fed 4 frames as a concat model's would be
-        stages.build_model_stage(run_name=run, fusion="sync", trunk_stride=4, **common)
+        stages.build_model_stage(run_name=run, fusion="sync", trunk_stride=4, video_encoder="framediff", **common)
     return tmp, common
 
 

@@ -237,7 +237,7 @@ def test_a_killed_loader_worker_names_memory_and_the_parameters_and_keeps_the_la
     assert (one_epoch / "killed.marker").exists()
     assert list(pd.read_csv(run / "history.csv")["epoch"]) == [1]
     # what the rerun starts from (the disk-full test above runs such a rerun to its end)
-    resume = load_resume_state(run / "checkpoints", {"model": model_config(build_model())})
+    resume = load_resume_state(run / "checkpoints", {"model": model_config(build_model(video_encoder="framediff"))})
     assert resume["epoch"] == 1 and [h["epoch"] for h in resume["history"]] == [1]
     assert not list((run / "checkpoints").glob("epoch_002*"))
 

@@ -20,7 +20,7 @@ def tiny_cache(tmp_path):
 
 def _fit(cache, run, epochs, **kw):
     torch.manual_seed(0)
-    model = build_model()
+    model = build_model(video_encoder="framediff")      # 0.4 M parameters: the loop, not the trunk, is under test
     train = make_loader(CachedClips(cache, "train"), batch_size=4, train=True, seed=0)
     val = make_loader(CachedClips(cache, "val"), batch_size=4, train=False)
     history = fit(model, train, val, run_dir=run, epochs=epochs, lr=1e-3, device=torch.device("cpu"),
@@ -57,7 +57,7 @@ def test_truncated_last_checkpoint_falls_back_to_the_previous_epoch(tiny_cache, 
 def test_resume_with_another_model_is_refused(tiny_cache, tmp_path):
     _fit(tiny_cache, tmp_path / "m", 1)
     torch.manual_seed(0)
-    model = build_model(modality="video")
+    model = build_model(modality="video", video_encoder="framediff")
     train = make_loader(CachedClips(tiny_cache, "train"), batch_size=4, train=True)
     val = make_loader(CachedClips(tiny_cache, "val"), batch_size=4, train=False)
     with pytest.raises(ResumeError, match="modality"):
@@ -98,7 +98,7 @@ def test_compiled_training_computes_what_eager_does(tiny_cache, tmp_path):
     runs = {}
     for name, compile in (("eager", False), ("compiled", True)):
         torch.manual_seed(0)
-        model = build_model()
+        model = build_model(video_encoder="framediff")
         start = {k: v.clone() for k, v in model.state_dict().items()}
         train = make_loader(CachedClips(tiny_cache, "train"), batch_size=4, train=True, seed=0)
         val = make_loader(CachedClips(tiny_cache, "val"), batch_size=4, train=False)
