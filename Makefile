@@ -1,15 +1,16 @@
 # Two commands do everything on a fresh machine:
-#   make demo   set up .venv if needed, then generate the synthetic corpus and run notebooks 01..05
-#               into results/demo/ (git-ignored), ending with a comparison against results/reference/demo/
+#   make demo   set up .venv if needed, then generate the synthetic corpus and run notebooks 01..05 with the
+#               sync-aware detector into results/demo_sync/ (git-ignored), ending with a comparison against
+#               results/reference/demo_sync/
 #   make test   set up .venv if needed, then run the test suite
 # Set-up is idempotent: it re-installs only when pyproject.toml changed.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-PARAMS ?= params/demo.yaml
+PARAMS ?= params/demo_sync.yaml
 
-.PHONY: setup demo demo-sync demo-seeds smoke test lab bench gpu-check clean-results
+.PHONY: setup demo demo-concat demo-sync demo-seeds smoke test lab bench gpu-check clean-results
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -21,15 +22,17 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 	@echo "set-up: done"
 
-# Writes results/<run_name>/ (git-ignored); the committed reference is results/reference/demo/.
+# Writes results/<run_name>/ (git-ignored); the committed reference is results/reference/demo_sync/.
 demo: $(STAMP)
 	@$(PY) -m avlib.pipeline $(PARAMS)
 
-# The same run with the sync-aware detector (fusion: sync), into results/demo_sync/.
-demo-sync: $(STAMP)
-	@$(PY) -m avlib.pipeline params/demo_sync.yaml
+# The same corpus and test sets with the seed's fusion (concat, no sync branch), into results/demo/.
+demo-concat: $(STAMP)
+	@$(PY) -m avlib.pipeline params/demo.yaml
 
-# The demo over three training seeds (results/demo-seed<k>/ and results/demo-seeds.csv).
+demo-sync: demo
+
+# The main demo over three training seeds (results/demo_sync-seed<k>/ and results/demo_sync-seeds.csv).
 demo-seeds: $(STAMP)
 	@$(PY) -m avlib.pipeline $(PARAMS) --seeds 0,1,2
 

@@ -144,6 +144,7 @@ def summary_lines(run: Path, timings: dict[str, float], reference: Path | None =
         per_category = {c: v["auc"] for c, v in (m.get("per_category") or {}).items() if v.get("auc") is not None}
         if per_category:
             lines.append("AUC per category: " + ", ".join(f"{c} {v:.3f}" for c, v in sorted(per_category.items())))
+        lines += test_set_lines(m)
         if reference is not None and (reference / "metrics.json").is_file():
             spread = read_json(reference / "spread.json") if (reference / "spread.json").is_file() else {}
             table = compare_with_reference(m, read_json(reference / "metrics.json"), spread)
@@ -156,6 +157,50 @@ def summary_lines(run: Path, timings: dict[str, float], reference: Path | None =
     if (run / "figures").is_dir():
         lines.append(f"figures: {portable(run / 'figures')}/")
     lines.append(f"executed notebooks: {portable(run / 'notebooks')}/")
+    return lines
+
+
+def _number(value) -> str:
+    return "-" if value is None or value != value else f"{value:.3f}"
+
+
+def test_set_lines(metrics: dict) -> list[str]:
+    """One line per scored set (the in-domain split, each external set): the classifier's AUC,
+    the sync evidence's AUC for a sync model, and the verdict's balanced accuracy and rates of
+    real and fake clips called fake; the calibration's ECE before and after."""
+    sets = {f"{metrics.get('split', 'test')} (in-domain)": metrics}
+    sets.update(metrics.get("external") or {})
+    sync = any("sync_score" in (s.get("verdict") or {}) for s in sets.values())
+    header = f"  {'set':<22}{'AUC':>7}" + (f"{'sync AUC':>10}" if sync else "") + \
+        f"{'bal. acc.':>11}{'real->fake':>12}{'fake->fake':>12}"
+    ci = [c for c in metrics.get("threshold_ci95") or [] if c == c]           # NaN when it could not be resampled
+    lines = [f"the verdict on every set (threshold {metrics['threshold']:.3f}"
+             + (f", 95 % CI {ci[0]:.3f}-{ci[1]:.3f}" if len(ci) == 2 else "")
+             + (f"; sync threshold {metrics['sync_threshold']:.3f}" if "sync_threshold" in metrics else "") + "):",
+             header]
+    for name, s in sets.items():
+        v = s.get("verdict") or {}
+        row = f"  {name:<22}{_number(s.get('auc')):>7}"
+        if sync:
+            row += f"{_number((v.get('sync_score') or {}).get('auc')):>10}"
+        decided = v.get("verdict") or {}
+        row += (f"{_number(decided.get('balanced_accuracy')):>11}{_number(decided.get('real_called_fake')):>12}"
+                f"{_number(decided.get('fake_called_fake')):>12}")
+        lines.append(row)
+    cal = metrics.get("calibration") or {}
+    if "ece_before" in cal:
+        lines.append(f"calibration ({cal.get('method')}): ECE {cal['ece_before']:.3f} -> {cal['ece']:.3f}, "
+                     f"Brier {cal['brier_before']:.3f} -> {cal['brier']:.3f} on the test split")
+    domain = metrics.get("domain_calibration")
+    if domain and "held_out_real_called_fake" in domain:
+        lines.append(f"thresholds set on {domain['cache_dir']} at {domain['target_fpr']:.1%}: "
+                     f"{domain['held_out_real_called_fake']:.1%} of its {domain['n_held_out']} held-out real clips "
+                     f"called fake")
+        for name, ext in (metrics.get("external") or {}).items():
+            at = ext.get("at_domain_threshold")
+            if at and "balanced_accuracy" in at:
+                lines.append(f"  {name} at those thresholds: balanced accuracy {at['balanced_accuracy']:.3f}, "
+                             f"real->fake {at['real_called_fake']:.3f}")
     return lines
 
 

@@ -2,7 +2,8 @@
 
     python -m avlib.predict PATH [PATH ...] --checkpoint results/demo/checkpoints/best.pt
         [--csv scores.csv] [--json scores.json] [--windows windows.csv] [--timeline FOLDER]
-        [--stride SECONDS] [--max-windows N] [--threshold T] [--device cpu]
+        [--stride SECONDS] [--max-windows N] [--threshold T] [--calibrate-on REAL_VIDEOS [--target-fpr F]]
+        [--device cpu]
         [--max-file-mb MB] [--max-side PIXELS] [--max-duration SECONDS]
 
 PATH may be a file or a folder (searched recursively for video files). Each video is cut into
@@ -10,10 +11,13 @@ windows of the length the model was trained on (frames / fps seconds, decoded ex
 01_preprocess does) every `--stride` seconds (default: one window length, no overlap), up to
 `--max-windows`. P(fake) of the video is the MEAN of its window probabilities (a manipulation
 spanning the video raises every window, and one odd window does not decide); the MAX is
-reported beside it for videos where only a part may be manipulated. The decision threshold is
-the one 04_evaluate chose on validation (read from the run's metrics.json next to the
-checkpoint folder) unless --threshold is given, else 0.5. Unreadable files are reported and
-the rest scored; the exit status is 1 when any file failed.
+reported beside it for videos where only a part may be manipulated. The verdict is the run's
+(verdict.json next to the checkpoint folder, fitted by 04_evaluate on validation): P(fake)
+calibrated, its threshold, and for a sync model a video whose lips and voice disagree more
+than in every real validation clip called fake whatever P(fake) says. --calibrate-on sets the
+thresholds on your own real videos instead, at --target-fpr; --threshold overrides the
+P(fake) threshold. Unreadable files are reported and the rest scored; the exit status is 1
+when any file failed.
 
 Files from strangers: a file larger than --max-file-mb, with frames wider or taller than
 --max-side pixels, or lasting longer than --max-duration seconds is refused from its size and
@@ -41,6 +45,7 @@ from avlib.data.features import compute_mfcc
 from avlib.data.indexers import VIDEO_EXTENSIONS
 from avlib.figures.plots import plot_timeline
 from avlib.models.detector import inference_model, video_to_model_input
+from avlib.scoring.calibration import apply_verdict, domain_verdict
 from avlib.scoring.scorer import is_sync_model, load_detector
 
 
@@ -147,11 +152,50 @@ def score_file(model, path: Path, cfg: dict, device, *, stride: float | None = N
     return pd.DataFrame(rows)
 
 
-def default_threshold(checkpoint: Path) -> float:
-    metrics = checkpoint.resolve().parent.parent / "metrics.json"
-    if metrics.is_file():
-        return float(json.loads(metrics.read_text())["threshold"])
-    return 0.5
+def run_verdict(checkpoint: Path) -> dict:
+    """The verdict 04_evaluate fitted for the checkpoint's run (verdict.json beside its
+    checkpoints folder: calibrator, threshold, sync threshold); for a run evaluated before
+    verdicts existed, its metrics.json threshold on uncalibrated P(fake); else 0.5."""
+    run = checkpoint.resolve().parent.parent
+    if (run / "verdict.json").is_file():
+        return json.loads((run / "verdict.json").read_text())
+    threshold = float(json.loads((run / "metrics.json").read_text())["threshold"]) \
+        if (run / "metrics.json").is_file() else 0.5
+    return {"calibration": {"method": "none"}, "threshold": threshold, "sync": None, "source": "metrics.json"}
+
+
+def video_scores(path: Path, windows: pd.DataFrame) -> dict:
+    """A video's row before the verdict: its windows' mean P(fake) as the model gives it, and
+    their mean sync score for a sync model (means: one odd window does not decide)."""
+    row = {"path": str(path), "clip_id": str(path), "identity": "", "label": 0,
+           "p_fake": float(windows["p_fake"].mean()), "windows": len(windows)}
+    if "sync_score" in windows:
+        row["sync_score"] = float(windows["sync_score"].mean())
+    return row
+
+
+def calibrate_on(model, folder: list[str], verdict: dict, cfg: dict, device, *, target_fpr: float, args, limits,
+                 amp: bool) -> dict:
+    """The verdict with thresholds set on the user's own real videos at `target_fpr`
+    (avlib.scoring.calibration.domain_verdict: half of them set, the other half shows the rate);
+    prints what it set. Raises SystemExit when no video of the folder could be scored."""
+    rows = []
+    for path in expand_paths(folder):
+        try:
+            rows.append(video_scores(path, score_file(model, path, cfg, device, stride=args.stride,
+                                                      max_windows=args.max_windows, limits=limits, amp=amp)))
+        except (DecodeError, InputRefused, av.error.FFmpegError) as e:
+            print(f"calibration video {path} not used: {type(e).__name__}: {e}", file=sys.stderr)
+    if len(rows) < 2:
+        raise SystemExit(f"--calibrate-on: fewer than 2 readable real videos in {', '.join(folder)}")
+    real = apply_verdict(verdict, pd.DataFrame(rows))
+    domain, report = domain_verdict(verdict, real, target_fpr=target_fpr)
+    held = report.get("held_out_real_called_fake")
+    print(f"thresholds set on {report['n_set']} of your {len(rows)} real videos at {target_fpr:.1%}: "
+          f"P(fake) {domain['threshold']:.3f}" + (f", sync {domain['sync']['threshold']:.3f}" if domain.get("sync") else "")
+          + (f"; the other {report['n_held_out']}: {held:.1%} called fake" if held is not None else ""),
+          file=sys.stderr)
+    return domain
 
 
 def main(argv=None) -> int:
@@ -164,7 +208,14 @@ def main(argv=None) -> int:
     parser.add_argument("--timeline", type=Path, help="folder for one P(fake)-over-time PNG per video")
     parser.add_argument("--stride", type=float, help="seconds between window starts (default: the window length)")
     parser.add_argument("--max-windows", type=int, default=32)
-    parser.add_argument("--threshold", type=float)
+    parser.add_argument("--threshold", type=float, help="decision threshold on calibrated P(fake) (default: the "
+                        "run's, from its verdict.json)")
+    parser.add_argument("--calibrate-on", nargs="+", metavar="PATH",
+                        help="real videos of your own domain (files or folders): the thresholds are set on them at "
+                             "--target-fpr, so that no fake of that domain is needed")
+    parser.add_argument("--target-fpr", type=_positive(float), default=0.05,
+                        help="with --calibrate-on: the rate of your real videos that may be called fake (default "
+                             "%(default)g; a sync model gives half to its sync evidence)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--amp", default="auto", choices=["auto", "true", "false"],
                         help="bf16 autocast; auto (default): only where the hardware computes in bf16 natively")
@@ -181,14 +232,20 @@ def main(argv=None) -> int:
     cfg = state.get("preprocess")
     if not cfg:
         parser.error(f"{args.checkpoint} does not record its preprocessing settings (written by an older avlib)")
-    threshold = args.threshold if args.threshold is not None else default_threshold(args.checkpoint)
+    verdict = run_verdict(args.checkpoint)
     device = next(model.parameters()).device
     tune_allocator()
     amp = resolve_amp("auto" if args.amp == "auto" else args.amp == "true", device,
                       log=lambda line: print(line, file=sys.stderr))
     model = inference_model(model, amp=amp)   # BatchNorm folded: same scores, less work
+    if args.calibrate_on:
+        verdict = calibrate_on(model, args.calibrate_on, verdict, cfg, device, target_fpr=args.target_fpr, args=args,
+                               limits=limits, amp=amp)
+    if args.threshold is not None:
+        verdict = {**verdict, "threshold": args.threshold}
+    threshold = verdict["threshold"]
     results, all_windows = [], []
-    for path in tqdm(expand_paths(args.paths), desc="scoring", unit="video"):
+    for path in tqdm(expand_paths(args.paths), desc="scoring", unit="video", disable=not sys.stderr.isatty()):
         try:
             windows = score_file(model, path, cfg, device, stride=args.stride, max_windows=args.max_windows,
                                  limits=limits, amp=amp)
@@ -196,16 +253,22 @@ def main(argv=None) -> int:
             results.append({"path": str(path), "p_fake": np.nan, "p_fake_max": np.nan, "label": "ERROR",
                             "windows": 0, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"})
             continue
-        p = float(windows["p_fake"].mean())
-        results.append({"path": str(path), "p_fake": round(p, 4), "p_fake_max": round(float(windows["p_fake"].max()), 4),
-                        "label": "FAKE" if p >= threshold else "REAL", "windows": len(windows), "error": "",
-                        **({"offset_ms_median": float(windows["offset_ms"].median())} if "offset_ms" in windows else {})})
-        all_windows.append(windows.assign(path=str(path)))
+        windows = apply_verdict(verdict, windows.assign(label=0))
+        video = apply_verdict(verdict, pd.DataFrame([video_scores(path, windows.assign(p_fake=windows["p_fake_raw"]))]))
+        decided = video.iloc[0]
+        results.append({"path": str(path), "p_fake": round(float(decided["p_fake"]), 4),
+                        "p_fake_max": round(float(windows["p_fake"].max()), 4),
+                        "label": "FAKE" if decided["pred"] else "REAL", "windows": len(windows), "error": "",
+                        **({"sync_score": round(float(decided["sync_score"]), 4),
+                            "offset_ms_median": float(windows["offset_ms"].median())} if "offset_ms" in windows else {})})
+        all_windows.append(windows.drop(columns=["label"]).assign(path=str(path)))
         if args.timeline:
             plot_timeline(windows, args.timeline / f"{path.stem}_timeline.png", path.name, threshold)
     table = pd.DataFrame(results)
     with pd.option_context("display.max_colwidth", 60, "display.width", 160):
-        print(f"threshold {threshold:.3f}")
+        sync = verdict.get("sync")
+        print(f"threshold {threshold:.3f} on calibrated P(fake) ({verdict['calibration']['method']} calibration)"
+              + (f"; sync threshold {sync['threshold']:.3f}" if sync else ""))
         print(table.to_string(index=False))
     for row in table[table["label"] == "ERROR"].itertuples():
         print(f"{row.path}: {row.error}", file=sys.stderr)

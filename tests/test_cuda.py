@@ -68,10 +68,10 @@ def test_evaluate_on_gpu_with_bf16_and_compile_matches_eager(cache, tmp_path):
     loader = make_loader(CachedClips(cache, "train"), batch_size=4, train=True, device=CUDA)
     fit(model, loader, make_loader(CachedClips(cache, "val"), batch_size=4, train=False, device=CUDA), run_dir=run,
         epochs=1, lr=1e-3, device=CUDA, progress=False, log=lambda *a: None)
-    eager = evaluate_run(run / "checkpoints" / "best.pt", cache, run, batch_size=4, device="cuda", workers=0,
+    eager, _ = evaluate_run(run / "checkpoints" / "best.pt", cache, run, batch_size=4, device="cuda", workers=0,
                          amp=True, progress=False)
     p_eager = pd.read_csv(run / "predictions.csv")["p_fake"].to_numpy()
-    compiled = evaluate_run(run / "checkpoints" / "best.pt", cache, run, batch_size=4, device="cuda", workers=0,
+    compiled, _ = evaluate_run(run / "checkpoints" / "best.pt", cache, run, batch_size=4, device="cuda", workers=0,
                             amp=True, compile=True, progress=False)
     p_compiled = pd.read_csv(run / "predictions.csv")["p_fake"].to_numpy()
     assert eager["n"] == compiled["n"] and len(p_eager) == len(p_compiled) > 0

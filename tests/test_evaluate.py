@@ -20,12 +20,14 @@ from avlib.figures.plots import plot_roc_overlay
 from avlib.models.detector import build_model, model_config
 from avlib.predict import main as predict_main
 from avlib.predict import window_starts
+from avlib.scoring.calibration import apply_verdict
 from avlib.scoring.metrics import choose_threshold, evaluation_report
 from avlib.stages import evaluate_stage
 from avlib.stages.parameters import check
 from tests.conftest import face_frames, tone
 
 CONFIG = settings(frames=8, size=16, fps=8, n_mfcc=40, mfcc_steps=10)
+AT_HALF = {"calibration": {"method": "none"}, "threshold": 0.5, "sync": None}     # a verdict: P(fake) >= 0.5
 
 
 def _synthetic_cache(tmp_path, leading_silence):
@@ -59,14 +61,14 @@ def test_generalization_reports_false_positive_rates_by_slice(tmp_path):
         write_video(data / "real" / f"p{i}" / "a.mp4", face_frames(12, 32, 32, seed=i), 8, tone(1.5), 16000)
     preprocess(index_dataset("folder", data), data, tmp_path / "cache", CONFIG, workers=1, progress=False)
     ckpt = _checkpoint(tmp_path)
-    report = generalization_report(ckpt, tmp_path / "cache", tmp_path / "run", threshold=0.5, device="cpu",
+    report = generalization_report(ckpt, tmp_path / "cache", tmp_path / "run", verdict=AT_HALF, device="cpu",
                                    workers=0, progress=False)
     pred = pd.read_csv(tmp_path / "run" / "generalization_predictions.csv")
     assert report["n"] == 3 and report["false_positive_rate"] == pytest.approx((pred["p_fake"] >= 0.5).mean())
     assert "by_dataset" in report
     other = {**CONFIG, "frames": 4}
     with pytest.raises(ValueError, match="frames"):
-        generalization_report(_checkpoint(tmp_path, other), tmp_path / "cache", tmp_path / "run", threshold=0.5,
+        generalization_report(_checkpoint(tmp_path, other), tmp_path / "cache", tmp_path / "run", verdict=AT_HALF,
                               device="cpu", workers=0, progress=False)
 
 
@@ -112,8 +114,9 @@ def test_external_metrics_resample_clips_when_the_corpus_has_no_identities():
     pred = pd.DataFrame({"clip_id": [f"c{i}" for i in range(8)], "label": [0, 1] * 4,
                          "p_fake": np.linspace(0.1, 0.9, 8), "category": ["real", "fake"] * 4,
                          "method": ["real", "fake"] * 4})
-    with_ids = external_metrics(pred.assign(identity=["a", "a", "b", "b", "c", "c", "d", "d"]), 0.5, n_boot=50)
-    without = external_metrics(pred.assign(identity=""), 0.5, n_boot=50)
+    pred = apply_verdict(AT_HALF, pred)
+    with_ids = external_metrics(pred.assign(identity=["a", "a", "b", "b", "c", "c", "d", "d"]), AT_HALF, n_boot=50)
+    without = external_metrics(pred.assign(identity=""), AT_HALF, n_boot=50)
     assert with_ids["ci95"]["resampled"] == "identity" and without["ci95"]["resampled"] == "clip_id"
     assert without["ci95"]["auc"][0] < without["ci95"]["auc"][1]                # not the point one group gives
 

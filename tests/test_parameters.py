@@ -36,7 +36,8 @@ STAGE_MODULES = {"01_preprocess": ("preprocess", "preprocess_stage"), "02_build_
 OTHER = {"run_name": "another_run", "data_dir": "elsewhere", "cache_dir": "cache/elsewhere", "results_dir": "out",
          "device": "cuda:1", "amp": False, "corpus_styles": "newsroom,webcam", "augment": "flip,noise",
          "external_cache_dirs": "voices=cache/voices, cache/faces", "generalization_cache_dir": "cache/real",
-         "video_weights": "weights/r2plus1d.pt", "sync_weights": "results/sync/checkpoints/best.pt"}
+         "video_weights": "weights/r2plus1d.pt", "sync_weights": "results/sync/checkpoints/best.pt",
+         "calibration_cache_dir": "cache/my_real"}
 
 
 def other_value(param):

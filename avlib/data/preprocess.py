@@ -157,8 +157,9 @@ def preprocess(records: pd.DataFrame, data_dir: str | Path, cache_dir: str | Pat
 
 
 def write_dummy_cache(cache_dir: str | Path, config: dict, *, n: int = 48, seed: int = 0,
-                      val_fraction: float = 0.15, test_fraction: float = 0.15) -> dict:
-    """Random tensors of the right shapes, written through the same cache (dataset=dummy, for CI)."""
+                      val_fraction: float = 0.15, test_fraction: float = 0.15, real_only: bool = False) -> dict:
+    """Random tensors of the right shapes, written through the same cache (dataset=dummy, for CI);
+    `real_only`: every clip labelled real."""
     t_start = time.perf_counter()
     cache_dir = cache.open_cache(cache_dir, config)
     rng = np.random.default_rng(seed)
@@ -166,6 +167,8 @@ def write_dummy_cache(cache_dir: str | Path, config: dict, *, n: int = 48, seed:
     records = pd.DataFrame([dict(path=f"dummy/{i:05d}.mp4", label=int(i % 4 != 0) if i % 2 else 0,
                                  dataset="dummy", category="RVRA", method="dummy", identity=f"id{i // 2:05d}",
                                  race="", gender="", age="", skin_type="") for i in range(n)])
+    if real_only:
+        records["label"] = 0
     records["category"] = [cats[0] if lab == 0 else cats[1 + i % 3] for i, lab in enumerate(records["label"])]
     records = split_and_record(records, cache_dir, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
     shape = (3, config["frames"], config["size"], config["size"])

@@ -77,6 +77,7 @@ class CorpusSpec:
     leading_silence: float = 0.0
     styles: tuple[str, ...] = ("studio",)    # generator styles; a comma-separated string is accepted
     audio_swap: bool = False                 # an evaluation corpus of real clips and audio-swapped copies
+    real_only: bool = False                  # the real clips alone: a calibration set of a target domain
 
     def __post_init__(self):
         if isinstance(self.styles, (str, list)):
@@ -128,6 +129,8 @@ def plan_corpus(spec: CorpusSpec) -> list[dict]:
         for k in range(2):
             rows.append(dict(base, target1="-", target2="-", method="real", folder="RealVideo-RealAudio",
                              file=f"{k:05d}.mp4", sentence=k, fake_video=False, fake_audio=False))
+        if spec.real_only:
+            continue
         rows.append(dict(base, target1="-", target2=target, method="rtvc", folder="RealVideo-FakeAudio",
                          file="00000_fake.mp4", sentence=0, fake_video=False, fake_audio=True))
         vm = VIDEO_METHODS[int(rng.integers(len(VIDEO_METHODS)))]

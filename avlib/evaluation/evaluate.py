@@ -10,11 +10,12 @@ import pandas as pd
 
 from avlib.core.checkpoint import load_checkpoint
 from avlib.core.params import named_paths
-from avlib.core.paths import portable, resolve, write_csv
+from avlib.core.paths import portable, resolve, write_csv, write_json
 from avlib.data.cache import read_index
 from avlib.evaluation.audit import shortcut_baseline
 from avlib.models.sync import sync_score_report
-from avlib.scoring.metrics import bootstrap_ci, choose_threshold, evaluation_report
+from avlib.scoring.calibration import apply_verdict, domain_verdict, fit_verdict, verdict_report
+from avlib.scoring.metrics import bootstrap_ci, calibration, evaluation_report
 from avlib.scoring.scorer import (
     Scorer,
     check_cache_settings,
@@ -31,34 +32,74 @@ GENERALIZATION_SLICES = ("gender", "age", "skin_type", "dataset")
 SPLIT_NAMES = ("train", "val", "test", "all")        # the in-domain rows of comparison.csv
 
 
-def evaluate_run(checkpoint: Path, cache_dir: Path, run: Path, *, split: str = "test", batch_size: int = 8,
-                 device: str = "auto", workers: int = 2, amp: bool = False, compile: bool = False,
-                 progress: bool = True) -> dict:
-    """predictions.csv for `split` and the metrics dict (threshold from val)."""
-    model, state, dev, _ = scoring_model(checkpoint, device, amp=amp, compile=compile)
-    _, val_out = score_split(model, cache_dir, "val", batch_size=batch_size, device=dev, workers=workers, amp=amp,
-                             progress=progress)
-    threshold = choose_threshold(val_out["labels"], val_out["probs"]) if val_out is not None else 0.5
-    ds, out = score_split(model, cache_dir, split, batch_size=batch_size, device=dev, workers=workers, amp=amp,
+PREDICTION_COLUMNS = ["clip_id", "path", "split", "label", "category", "method", "identity"]
+
+
+def split_predictions(model, cache_dir: Path, split: str, *, batch_size: int, device, workers: int, amp: bool,
+                      progress: bool) -> pd.DataFrame | None:
+    """The clips of one split with p_fake as the model gives it (and a sync model's columns);
+    None when the split is empty."""
+    ds, out = score_split(model, cache_dir, split, batch_size=batch_size, device=device, workers=workers, amp=amp,
                           progress=progress)
     if out is None:
+        return None
+    return with_sync_columns(ds.index[PREDICTION_COLUMNS].assign(p_fake=out["probs"]), out)
+
+
+def evaluate_run(checkpoint: Path, cache_dir: Path, run: Path, *, split: str = "test", batch_size: int = 8,
+                 device: str = "auto", workers: int = 2, amp: bool = False, compile: bool = False,
+                 progress: bool = True, calibration: str = "temperature", threshold_rule: str = "balanced",
+                 target_fpr: float = 0.05) -> tuple[dict, dict]:
+    """(metrics, verdict) for `split`: the verdict (calibrator, threshold, sync threshold;
+    avlib.scoring.calibration.fit_verdict) is fitted on the val split and written to
+    verdict.json; predictions.csv holds `split` with calibrated and raw P(fake), the verdict
+    score and the verdict."""
+    model, state, dev, _ = scoring_model(checkpoint, device, amp=amp, compile=compile)
+    scoring = dict(batch_size=batch_size, device=dev, workers=workers, amp=amp, progress=progress)
+    val = split_predictions(model, cache_dir, "val", **scoring)
+    if val is not None and val["label"].nunique() == 2:
+        verdict = fit_verdict(val, calibration=calibration, rule=threshold_rule, target_fpr=target_fpr)
+        rule = ("max balanced accuracy" if threshold_rule == "balanced"
+                else f"{target_fpr:.1%} of real clips called fake")
+        source = f"val ({rule}, {calibration} calibration)"
+    else:
+        verdict = {"calibration": {"method": "none"}, "threshold_rule": "default", "target_fpr": target_fpr,
+                   "threshold": 0.5, "threshold_ci95": [float("nan")] * 2, "source": "default", "sync": None}
+        source = "default 0.5 (no validation clips of both classes)"
+    write_json(run / "verdict.json", verdict)
+    pred = split_predictions(model, cache_dir, split, **scoring)
+    if pred is None:
         raise ValueError(f"the cache at {cache_dir} has no clips in split {split!r}")
-    pred = ds.index[["clip_id", "path", "split", "label", "category", "method", "identity"]].copy()
-    pred["p_fake"] = out["probs"]
-    pred["pred"] = (pred["p_fake"] >= threshold).astype(int)
-    pred = with_sync_columns(pred, out)
+    pred = apply_verdict(verdict, pred)
     write_csv(run / "predictions.csv", pred)
     index = read_index(cache_dir)
     metrics = {"split": split, "checkpoint": Path(checkpoint).name, "epoch": state.get("epoch"),
                "dataset": str(index["dataset"].iloc[0]) if len(index) else "",
-               "modality": state["model_config"]["modality"],
-               "threshold_source": "val (max balanced accuracy)" if val_out is not None else "default 0.5",
-               **evaluation_report(pred, threshold)}
+               "modality": state["model_config"]["modality"], "threshold_source": source,
+               **verdict_metrics(pred, verdict)}
     add_sync_report(metrics, pred, state)
     metrics["shortcut_baseline"] = shortcut_baseline(index, split if split in ("val", "test") else "test")
     if metrics["shortcut_baseline"].get("warning"):
         print("WARNING:", metrics["shortcut_baseline"]["warning"])
-    return metrics
+    return metrics, verdict
+
+
+def verdict_metrics(pred: pd.DataFrame, verdict: dict, *, n_boot: int = 1000) -> dict:
+    """evaluation_report of apply_verdict's predictions: AUC and AP of the calibrated P(fake),
+    accuracy and the rest of the verdict; the calibration before and after; the threshold, its
+    interval and the sync threshold; the classifier, the sync evidence and the verdict side by
+    side (`verdict`)."""
+    report = evaluation_report(pred, verdict["threshold"], n_boot=n_boot)
+    two = pred["label"].nunique() == 2
+    before = calibration(pred["label"], pred["p_fake_raw"]) if two and "p_fake_raw" in pred else {}
+    report["calibration"] = {"method": verdict["calibration"]["method"], **report["calibration"],
+                             **{f"{k}_before": v for k, v in before.items()}}
+    report["threshold_ci95"] = verdict.get("threshold_ci95")
+    report["threshold_rule"] = verdict.get("threshold_rule")
+    if verdict.get("sync"):
+        report["sync_threshold"] = verdict["sync"]["threshold"]
+    report["verdict"] = verdict_report(pred, verdict)
+    return report
 
 
 def add_sync_report(metrics: dict, pred: pd.DataFrame, state: dict) -> None:
@@ -80,10 +121,10 @@ def false_positive_report(pred: pd.DataFrame, threshold: float) -> dict:
     return report
 
 
-def generalization_report(checkpoint: Path, cache_dir: Path, run: Path, *, threshold: float, batch_size: int = 8,
+def generalization_report(checkpoint: Path, cache_dir: Path, run: Path, *, verdict: dict, batch_size: int = 8,
                           device: str = "auto", workers: int = 2, amp: bool = False, compile: bool = False,
                           progress: bool = True) -> dict:
-    """False-positive rate at `threshold` on every clip of a real-only cache (CREMA-D, Casual
+    """False-positive rate of the run's verdict on every clip of a real-only cache (CREMA-D, Casual
     Conversations, any folder of real videos), overall and per gender, age and skin type when
     annotated. Writes generalization_predictions.csv. Raises ValueError when the cache holds
     fakes or was made with other shapes than the model was trained on."""
@@ -92,9 +133,9 @@ def generalization_report(checkpoint: Path, cache_dir: Path, run: Path, *, thres
     if (pred["label"] != 0).any():
         raise ValueError(f"{cache_dir} holds fake clips; generalization is measured on real-only corpora "
                          f"(score a labelled corpus with `external_cache_dirs`)")
-    pred["pred"] = (pred["p_fake"] >= threshold).astype(int)
+    pred = apply_verdict(verdict, pred)
     write_csv(run / "generalization_predictions.csv", pred)
-    return {"cache_dir": portable(cache_dir), **false_positive_report(pred, threshold)}
+    return {"cache_dir": portable(cache_dir), **false_positive_report(pred, verdict["threshold"])}
 
 
 def external_sets(spec: str) -> dict[str, Path]:
@@ -115,31 +156,36 @@ def check_external_caches(checkpoint: Path, sets: dict[str, Path]) -> None:
             check_cache_settings(trained_on, cache_dir)
 
 
-def evaluate_externals(checkpoint: Path, sets: dict[str, Path], run: Path, *, threshold: float,
-                       threshold_source: str, own_cache_dir: Path | None = None, batch_size: int = 8,
+EXTERNAL_BOOTSTRAP = 200        # resamples for an external set's intervals: their second decimal, at a fifth of the time
+
+
+def evaluate_externals(checkpoint: Path, sets: dict[str, Path], run: Path, *, verdict: dict, threshold_source: str,
+                       own_cache_dir: Path | None = None, domain: dict | None = None, batch_size: int = 8,
                        device: str = "auto", workers: int = 2, amp: bool = False, compile: bool = False,
                        progress: bool = True) -> dict:
     """metrics.json's `external`: {name: evaluate_external's report} for each cache of `sets`
     (what external_sets returns), the checkpoint's model loaded once for all of them."""
     scorer = scoring_model(checkpoint, device, amp=amp, compile=compile)
-    return {name: evaluate_external(scorer, cache_dir, run, name=name, threshold=threshold,
-                                    threshold_source=threshold_source, own_cache_dir=own_cache_dir,
+    return {name: evaluate_external(scorer, cache_dir, run, name=name, verdict=verdict,
+                                    threshold_source=threshold_source, own_cache_dir=own_cache_dir, domain=domain,
                                     batch_size=batch_size, workers=workers, amp=amp, progress=progress)
             for name, cache_dir in sets.items()}
 
 
-def evaluate_external(scorer: Scorer, cache_dir: Path, run: Path, *, name: str, threshold: float,
-                      threshold_source: str, own_cache_dir: Path | None = None, batch_size: int = 8,
-                      workers: int = 2, amp: bool = False, progress: bool = True) -> dict:
+def evaluate_external(scorer: Scorer, cache_dir: Path, run: Path, *, name: str, verdict: dict,
+                      threshold_source: str, own_cache_dir: Path | None = None, domain: dict | None = None,
+                      batch_size: int = 8, workers: int = 2, amp: bool = False, progress: bool = True) -> dict:
     """metrics.json's `external.<name>`: every clip of a labelled cache from elsewhere scored by
-    `scorer` (scoring_model's) at the run's `threshold` (chosen on its own validation split,
-    never on this set). The keys of the test split's metrics (identity-bootstrap CIs; clips
-    resampled when no identities are given), the shortcut baseline fitted on `own_cache_dir`'s
-    training split; for a real-only cache (no AUC), the false-positive report instead. Writes
+    `scorer` (scoring_model's) with the run's verdict (calibrator and thresholds from its own
+    validation split, never from this set). The keys of the test split's metrics
+    (identity-bootstrap CIs; clips resampled when no identities are given), the shortcut
+    baseline fitted on `own_cache_dir`'s training split; for a real-only cache (no AUC), the
+    false-positive report instead. With `domain` (a verdict set on real clips of a target
+    domain), also the verdict at its thresholds (`at_domain_threshold`). Writes
     external_<name>_predictions.csv. Raises ValueError when the cache's settings differ or it
     holds no clips."""
-    pred = score_cache(scorer, cache_dir, batch_size=batch_size, workers=workers, amp=amp, progress=progress)
-    pred["pred"] = (pred["p_fake"] >= threshold).astype(int)
+    raw = score_cache(scorer, cache_dir, batch_size=batch_size, workers=workers, amp=amp, progress=progress)
+    pred = apply_verdict(verdict, raw)
     file = f"external_{name}_predictions.csv"
     write_csv(run / file, pred)
     report = {"eval_set": name, "cache_dir": portable(cache_dir), "predictions": file, "split": "all",
@@ -147,11 +193,13 @@ def evaluate_external(scorer: Scorer, cache_dir: Path, run: Path, *, name: str, 
               "dataset": ",".join(sorted(pred["dataset"].astype(str).unique())),
               "modality": scorer.state["model_config"]["modality"],
               "threshold_source": f"the run's {threshold_source}"}
+    if domain is not None:
+        report["at_domain_threshold"] = verdict_report(apply_verdict(domain, raw), domain)["verdict"]
     if (pred["label"] == 0).all():
         return {**report, "kind": "real-only",
-                "note": "no fake clips, so no AUC: false-positive rate at the run's threshold",
-                **false_positive_report(pred, threshold)}
-    report.update(kind="labelled", **external_metrics(pred, threshold))
+                "note": "no fake clips, so no AUC: false-positive rate of the run's verdict",
+                **false_positive_report(pred, verdict["threshold"])}
+    report.update(kind="labelled", **external_metrics(pred, verdict))
     add_sync_report(report, pred, scorer.state)
     if own_cache_dir is not None:
         own = read_index(own_cache_dir)
@@ -160,14 +208,33 @@ def evaluate_external(scorer: Scorer, cache_dir: Path, run: Path, *, name: str, 
     return report
 
 
-def external_metrics(pred: pd.DataFrame, threshold: float, *, n_boot: int = 1000) -> dict:
-    """evaluation_report's dict for an external set's predictions; its bootstrap intervals
-    resample identities, or clips when the corpus gives no identities (one group would make
-    the interval a point)."""
-    report = evaluation_report(pred, threshold, n_boot=n_boot)
+def external_metrics(pred: pd.DataFrame, verdict: dict, *, n_boot: int = EXTERNAL_BOOTSTRAP) -> dict:
+    """verdict_metrics for an external set's predictions; its bootstrap intervals resample
+    identities, or clips when the corpus gives no identities (one group would make the interval
+    a point)."""
+    report = verdict_metrics(pred, verdict, n_boot=n_boot)
     if (pred["identity"].astype(str) == "").all():
-        report["ci95"] = bootstrap_ci(pred, threshold, n_boot=n_boot, group="clip_id")
+        report["ci95"] = bootstrap_ci(pred, verdict["threshold"], n_boot=n_boot, group="clip_id")
     return report
+
+
+def domain_calibration(checkpoint: Path, cache_dir: Path, run: Path, *, verdict: dict, target_fpr: float,
+                       batch_size: int = 8, device: str = "auto", workers: int = 2, amp: bool = False,
+                       compile: bool = False, progress: bool = True) -> tuple[dict, dict]:
+    """(verdict for the target domain, metrics.json's `domain_calibration`) from a real-only cache
+    of that domain (avlib.scoring.calibration.domain_verdict): thresholds set at `target_fpr` on
+    half of its clips, the rate of real clips called FAKE on the other half. Writes
+    verdict_domain.json. Raises ValueError when the cache holds fakes or was made with other
+    settings than the model's training cache."""
+    scorer = scoring_model(checkpoint, device, amp=amp, compile=compile)
+    real = apply_verdict(verdict, score_cache(scorer, cache_dir, batch_size=batch_size, workers=workers, amp=amp,
+                                              progress=progress))
+    try:
+        domain, report = domain_verdict(verdict, real, target_fpr=target_fpr)
+    except ValueError as err:
+        raise ValueError(f"calibration_cache_dir {portable(cache_dir)}: {err}") from None
+    write_json(run / "verdict_domain.json", domain)
+    return domain, {"cache_dir": portable(cache_dir), **report}
 
 
 def comparison_row(metrics: dict) -> dict:

@@ -119,15 +119,24 @@ def plot_score_distributions(pred: pd.DataFrame, folder: Path, threshold: float)
 
 
 def plot_reliability(pred: pd.DataFrame, folder: Path, bins: int = 10) -> Path:
+    """Fraction of fakes against mean P(fake) per equal-width bin: the calibrated P(fake), and
+    the model's own (p_fake_raw) before calibration when the predictions hold it."""
     edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(pred["p_fake"], edges[1:-1]), 0, bins - 1)
-    table = pd.DataFrame({"bin": which, "p": pred["p_fake"], "y": pred["label"]}).groupby("bin").agg(
-        mean_p=("p", "mean"), frac_fake=("y", "mean"), n=("y", "size")).reset_index()
+    columns = [("p_fake_raw", "before calibration"), ("p_fake", "calibrated")] if "p_fake_raw" in pred else \
+        [("p_fake", "P(fake)")]
+    tables = []
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
-    ax.plot(table["mean_p"], table["frac_fake"], marker="o")
+    for column, label in columns:
+        which = np.clip(np.digitize(pred[column], edges[1:-1]), 0, bins - 1)
+        table = pd.DataFrame({"bin": which, "p": pred[column], "y": pred["label"]}).groupby("bin").agg(
+            mean_p=("p", "mean"), frac_fake=("y", "mean"), n=("y", "size")).reset_index().assign(curve=label)
+        ece = float((table["mean_p"] - table["frac_fake"]).abs().mul(table["n"]).sum() / table["n"].sum())
+        ax.plot(table["mean_p"], table["frac_fake"], marker="o", label=f"{label} (ECE {ece:.3f})")
+        tables.append(table)
+    ax.legend(loc="upper left", fontsize=8)
     ax.set(xlabel="mean P(fake) in bin", ylabel="fraction fake", title="Reliability (test)", xlim=(0, 1), ylim=(0, 1))
-    return _save(fig, folder, "reliability", table)
+    return _save(fig, folder, "reliability", pd.concat(tables, ignore_index=True))
 
 
 def plot_roc_overlay(sets: dict[str, pd.DataFrame], folder: Path) -> Path:

@@ -223,3 +223,14 @@ def confident_mistakes(predictions: pd.DataFrame, cache_dir: str | Path, folder:
     fig = _clip_grid(Path(cache_dir), wrong, labels, frames, title)
     return Shown(_save(fig, Path(folder), "confident_mistakes",
                        wrong[["clip_id", "path", "label", "category", "method", "identity", "p_fake", "confidence"]]))
+
+
+def verdict_table(metrics: dict) -> pd.DataFrame:
+    """The classifier alone, the sync evidence alone and the verdict, on every set 04 scored:
+    AUC, balanced accuracy, and the rates of real and of fake clips called FAKE (rounded to 3)."""
+    sets = {f"{metrics.get('split', 'test')} (in-domain)": metrics.get("verdict") or {}}
+    sets.update({name: ext.get("verdict") or {} for name, ext in (metrics.get("external") or {}).items()})
+    rows = [{"set": name, "decided by": part, **{k: values.get(k) for k in
+                                                  ("auc", "balanced_accuracy", "real_called_fake", "fake_called_fake")}}
+            for name, parts in sets.items() for part, values in parts.items()]
+    return pd.DataFrame(rows).set_index(["set", "decided by"]).astype(float).round(3) if rows else pd.DataFrame()

@@ -2,6 +2,8 @@
 external sets): one forward pass per batch, its loss, and P(fake) for every clip in loader order."""
 from __future__ import annotations
 
+import os
+import sys
 import time
 
 import numpy as np
@@ -20,9 +22,17 @@ def safe_auc(labels, probs) -> float:
     return float(roc_auc_score(labels, probs)) if len(np.unique(labels)) == 2 else float("nan")
 
 
+def live_output() -> bool:
+    """Whether someone watches the output as it comes: a terminal, or a notebook in a running
+    Jupyter server (JPY_SESSION_NAME). A headless kernel (papermill) is neither: a progress
+    widget saved there is a dead bar in the executed notebook."""
+    return bool(os.environ.get("JPY_SESSION_NAME")) or sys.stderr.isatty()
+
+
 def progress_bar(loader, desc: str, progress: bool):
-    """`loader` wrapped in a progress bar over its batches (none when not `progress`)."""
-    return tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch")
+    """`loader` wrapped in a progress bar over its batches where someone watches (live_output);
+    else `loader` itself: headless runs print their epoch lines only."""
+    return tqdm(loader, desc=desc, leave=False, disable=not (progress and live_output()), unit="batch")
 
 
 def forward_batch(model, video, audio, labels, extra, *, criterion, objective: str, sync_weight: float,

@@ -63,11 +63,12 @@ def calibration(labels, probs, bins: int = 10) -> dict:
     return {"ece": float(ece), "brier": float(np.mean((probs - labels) ** 2))}
 
 
-def binary_metrics(labels, probs, threshold: float = 0.5) -> dict:
+def binary_metrics(labels, probs, threshold: float = 0.5, decisions=None) -> dict:
     """Accuracy, balanced accuracy, per-class report, AUC, AP, EER, calibration and confusion
-    matrix at `threshold` (P(fake) >= threshold means FAKE)."""
+    matrix at `threshold` (P(fake) >= threshold means FAKE), or of `decisions` (1 = FAKE) when
+    given: a verdict that weighs more than P(fake)."""
     labels, probs = np.asarray(labels).astype(int), np.asarray(probs, float)
-    pred = (probs >= threshold).astype(int)
+    pred = (probs >= threshold).astype(int) if decisions is None else np.asarray(decisions).astype(int)
     report = classification_report(labels, pred, labels=[0, 1], target_names=CLASS_NAMES,
                                    output_dict=True, zero_division=0)
     out = {
@@ -86,9 +87,28 @@ def binary_metrics(labels, probs, threshold: float = 0.5) -> dict:
     return out
 
 
+def _decided(frame: pd.DataFrame, threshold: float) -> pd.Series:
+    """1 where a clip is called FAKE: the `pred` column when the frame has one, else P(fake) >= threshold."""
+    return frame["pred"].astype(int) if "pred" in frame else (frame["p_fake"] >= threshold).astype(int)
+
+
+def best_thresholds(labels, probs) -> dict:
+    """The highest accuracy and balanced accuracy that any threshold reaches on these clips (an
+    oracle: what a threshold chosen elsewhere is measured against)."""
+    labels, probs = np.asarray(labels).astype(int), np.asarray(probs, float)
+    if not _two_classes(labels):
+        return {}
+    cuts = np.append(np.unique(probs), np.inf)
+    called = probs[None, :] >= cuts[:, None]                          # (cuts, clips)
+    tpr = (called & (labels == 1)).sum(1) / (labels == 1).sum()
+    tnr = (~called & (labels == 0)).sum(1) / (labels == 0).sum()
+    acc = (called == (labels == 1)).mean(1)
+    return {"best_accuracy": float(acc.max()), "best_balanced_accuracy": float(((tpr + tnr) / 2).max())}
+
+
 def per_group(frame: pd.DataFrame, column: str, threshold: float) -> dict:
     """Each fake group of `column` (category or method) against all real clips:
-    AUC, AP and recall at the threshold, with clip counts."""
+    AUC, AP and recall (of the `pred` column, else at the threshold), with clip counts."""
     real = frame[frame["label"] == 0]
     out = {}
     for name, fakes in frame[frame["label"] == 1].groupby(column):
@@ -98,7 +118,7 @@ def per_group(frame: pd.DataFrame, column: str, threshold: float) -> dict:
             "n_fake": int(len(fakes)), "n_real": int(len(real)),
             "auc": float(roc_auc_score(both["label"], both["p_fake"])) if two else float("nan"),
             "ap": float(average_precision_score(both["label"], both["p_fake"])) if two else float("nan"),
-            "recall": float((fakes["p_fake"] >= threshold).mean()),
+            "recall": float(_decided(fakes, threshold).mean()),
         }
     return out
 
@@ -111,12 +131,13 @@ def bootstrap_ci(frame: pd.DataFrame, threshold: float, *, n_boot: int = 1000, s
     groups = [g for _, g in frame.groupby(group)]
     labels = [g["label"].to_numpy() for g in groups]
     probs = [g["p_fake"].to_numpy() for g in groups]
+    decided = [_decided(g, threshold).to_numpy() for g in groups]
     accs, aucs = [], []
     for _ in range(n_boot):
         pick = rng.integers(0, len(groups), len(groups))
         y = np.concatenate([labels[i] for i in pick])
         p = np.concatenate([probs[i] for i in pick])
-        accs.append(((p >= threshold) == y).mean())
+        accs.append((np.concatenate([decided[i] for i in pick]) == y).mean())
         if _two_classes(y):
             aucs.append(roc_auc_score(y, p))
     ci = lambda v: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if v else [float("nan")] * 2
@@ -125,9 +146,11 @@ def bootstrap_ci(frame: pd.DataFrame, threshold: float, *, n_boot: int = 1000, s
 
 def evaluation_report(predictions: pd.DataFrame, threshold: float, *, seed: int = 0, n_boot: int = 1000) -> dict:
     """metrics.json's content for one split's predictions (columns label, p_fake, category,
-    method, identity)."""
-    out = binary_metrics(predictions["label"], predictions["p_fake"], threshold)
+    method, identity; the decisions are its `pred` column when it has one, else p_fake >= threshold)."""
+    decisions = _decided(predictions, threshold)
+    out = binary_metrics(predictions["label"], predictions["p_fake"], threshold, decisions)
     out["accuracy_at_0.5"] = float(((predictions["p_fake"] >= 0.5) == predictions["label"]).mean())
+    out.update(best_thresholds(predictions["label"], predictions["p_fake"]))
     out["per_category"] = per_group(predictions, "category", threshold)
     out["per_method"] = per_group(predictions, "method", threshold)
     out["ci95"] = bootstrap_ci(predictions, threshold, n_boot=n_boot, seed=seed)

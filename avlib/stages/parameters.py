@@ -25,6 +25,7 @@ from avlib.core.params import (
 )
 from avlib.data.augment import AUGMENTATIONS, parse_augment
 from avlib.data.synthetic_styles import STYLES, parse_styles
+from avlib.scoring.calibration import CALIBRATIONS, THRESHOLD_RULES
 
 DATASETS = ("fakeavceleb", "cremad", "casualconv", "folder", "synthetic", "dummy")
 SPLITS = ("test", "val", "train", "all")
@@ -92,6 +93,7 @@ DECLARATIONS: dict[str, tuple[Param, ...]] = {
              "dealt in turn", _styles, allowed=" | ".join(STYLES)),
         flag("audio_swap", False, "dataset synthetic only: an evaluation corpus of real clips and the same videos "
              "with another identity's real audio (needs its own data_dir)"),
+        flag("real_only", False, "cache only the real clips (a calibration set for 04's calibration_cache_dir)"),
     ),
     "02_build_model": (
         _run_name("run folder under results_dir; 01_preprocess must have run for it"),
@@ -157,6 +159,14 @@ DECLARATIONS: dict[str, tuple[Param, ...]] = {
         text("external_cache_dirs", "", "comma-separated caches of labelled corpora made by 01_preprocess with "
              "the run's settings, each named by its folder or by a prefix ending in an equals sign: full metrics "
              "at the val threshold", _external_sets),
+        choice("calibration", "temperature", "maps P(fake) to calibrated probabilities, fitted on the val split",
+               CALIBRATIONS),
+        choice("threshold_rule", "balanced", "the decision threshold on val: max balanced accuracy, or at most "
+               "target_fpr of the real clips called fake", THRESHOLD_RULES),
+        number("target_fpr", 0.05, "the rate of real clips the fpr rule and calibration_cache_dir may call fake "
+               "(a sync model gives half to its sync evidence)", fraction),
+        text("calibration_cache_dir", "", "optional cache of real clips only from your target domain (01_preprocess "
+             "with real_only): the thresholds set there at target_fpr, the rate shown on its held-out half"),
     ),
     "05_plots": (
         _run_name("run folder under results_dir; 04_evaluate must have run for it"),

@@ -23,17 +23,20 @@ def preprocess_stage(p, *, progress: bool = True) -> dict:
             writer_lock(cache, "01_preprocess", part=part):
         if p.dataset == "dummy":
             report = write_dummy_cache(cache, config, n=p.limit or 48, seed=p.seed, val_fraction=p.val_fraction,
-                                       test_fraction=p.test_fraction)
+                                       test_fraction=p.test_fraction, real_only=p.real_only)
         else:
             data = resolve(p.data_dir)
             if p.dataset == "synthetic":
                 generate_corpus(data, CorpusSpec(identities=p.identities, seed=p.seed, styles=p.corpus_styles,
-                                                 audio_swap=p.audio_swap), workers=max(p.workers, 1),
+                                                 audio_swap=p.audio_swap, real_only=p.real_only),
+                                workers=max(p.workers, 1),
                                 progress=progress)
             elif not data.is_dir():
                 raise MissingInputError(f"parameter `data_dir`: {data} does not exist; put the {p.dataset} files "
                                         f"there (see README, 'Running on the real datasets')")
             records = index_dataset(p.dataset, data)
+            if p.real_only:                      # a calibration set of the target domain: its real clips
+                records = records[records["label"] == 0].reset_index(drop=True)
             if p.limit and p.limit < len(records):
                 records = records.sample(n=p.limit, random_state=p.seed).sort_values("path").reset_index(drop=True)
             report = preprocess(records, data, cache, config, workers=p.workers, shard=p.shard,

@@ -1,0 +1,241 @@
+"""From scores to verdicts a user can trust: probabilities calibrated on the validation split,
+thresholds with their own uncertainty, a threshold set on real clips alone at a target
+false-positive rate, and the sync branch's real-only evidence kept in the verdict.
+
+A calibrator is plain data (JSON), fitted on validation predictions and applied to any others:
+- temperature (default; Guo et al. 2017): p' = sigmoid(z / T) with z = logit(p). One parameter,
+  so 45 validation clips can fit it; it never changes the ranking (AUC) or the side of 0.5.
+- platt: p' = sigmoid(a z + b), a > 0: also moves the 0.5 point; two parameters.
+- isotonic: a monotone step function (sklearn); can tie scores, so AUC may move slightly.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import minimize_scalar
+from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+
+from avlib.scoring.metrics import choose_threshold
+
+CALIBRATIONS = ("temperature", "platt", "isotonic", "none")
+THRESHOLD_RULES = ("balanced", "fpr")
+EPS = 1e-6
+
+
+def logit(probs) -> np.ndarray:
+    p = np.clip(np.asarray(probs, float), EPS, 1 - EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+def sigmoid(z) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(z, float)))
+
+
+def fit_calibrator(labels, probs, method: str = "temperature") -> dict:
+    """A calibrator (plain data: {'method', ...its parameters}) fitted on `labels` and `probs`.
+    With one class only, or method 'none', the identity. Raises ValueError for another method."""
+    if method not in CALIBRATIONS:
+        raise ValueError(f"calibration must be one of {', '.join(CALIBRATIONS)}; got {method!r}")
+    labels, z = np.asarray(labels, int), logit(probs)
+    if method == "none" or len(np.unique(labels)) < 2:
+        return {"method": "none"}
+    if method == "temperature":
+        def nll(log_t):
+            q = np.clip(sigmoid(z / math.exp(log_t)), EPS, 1 - EPS)
+            return -np.mean(labels * np.log(q) + (1 - labels) * np.log1p(-q))
+        best = minimize_scalar(nll, bounds=(-4.0, 4.0), method="bounded")
+        return {"method": "temperature", "temperature": float(math.exp(best.x))}
+    if method == "platt":
+        model = LogisticRegression(C=1e4).fit(z[:, None], labels)
+        return {"method": "platt", "a": float(max(model.coef_[0, 0], EPS)), "b": float(model.intercept_[0])}
+    iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(z, labels)
+    return {"method": "isotonic", "x": [float(v) for v in iso.X_thresholds_],
+            "y": [float(v) for v in iso.y_thresholds_]}
+
+
+def calibrate(calibrator: dict, probs) -> np.ndarray:
+    """`probs` through a calibrator that fit_calibrator returned."""
+    probs = np.asarray(probs, float)
+    method = calibrator.get("method", "none")
+    if method == "none":
+        return probs
+    z = logit(probs)
+    if method == "temperature":
+        return sigmoid(z / calibrator["temperature"])
+    if method == "platt":
+        return sigmoid(calibrator["a"] * z + calibrator["b"])
+    if method == "isotonic":
+        return np.interp(z, calibrator["x"], calibrator["y"])
+    raise ValueError(f"unknown calibration method {method!r}")
+
+
+def fpr_threshold(real_scores, target_fpr: float) -> float:
+    """The lowest threshold at which at most `target_fpr` of `real_scores` are >= it (called
+    FAKE): just above the score of the real clip that would exceed the budget."""
+    scores = np.sort(np.asarray(real_scores, float))
+    if scores.size == 0:
+        raise ValueError("no real clips to set a false-positive rate on")
+    allowed = int(math.floor(target_fpr * scores.size + 1e-9))        # real clips that may be called FAKE
+    if allowed >= scores.size:
+        return float(scores[0])
+    return float(np.nextafter(scores[scores.size - 1 - allowed], np.inf))
+
+
+def choose(labels, probs, rule: str = "balanced", target_fpr: float = 0.05) -> float:
+    """The decision threshold by `rule`: 'balanced' maximises balanced accuracy (Youden's J);
+    'fpr' calls at most `target_fpr` of the real clips FAKE (needs no fake clip)."""
+    if rule == "balanced":
+        return choose_threshold(labels, probs)
+    if rule == "fpr":
+        labels = np.asarray(labels, int)
+        return fpr_threshold(np.asarray(probs, float)[labels == 0], target_fpr)
+    raise ValueError(f"threshold_rule must be one of {', '.join(THRESHOLD_RULES)}; got {rule!r}")
+
+
+def threshold_interval(frame: pd.DataFrame, rule: str, target_fpr: float, *, column: str = "p_fake",
+                       n_boot: int = 200, seed: int = 0) -> list[float]:
+    """95 % percentile interval of the threshold `rule` picks, resampling the validation
+    identities (clips of one identity are not independent): how much the threshold itself
+    depends on which few identities the validation split happened to hold."""
+    rng = np.random.default_rng(seed)
+    groups = [g for _, g in frame.groupby("identity")] if "identity" in frame else [frame]
+    picked = []
+    for _ in range(n_boot):
+        sample = pd.concat([groups[i] for i in rng.integers(0, len(groups), len(groups))])
+        if rule == "fpr" and (sample["label"] == 0).any() or sample["label"].nunique() == 2:
+            picked.append(choose(sample["label"], sample[column], rule, target_fpr))
+    if not picked:
+        return [float("nan"), float("nan")]
+    return [float(np.percentile(picked, 2.5)), float(np.percentile(picked, 97.5))]
+
+
+def sync_threshold(real_sync_scores, alpha: float) -> float:
+    """The sync anomaly beyond which a clip is called FAKE whatever the classifier says: the
+    k-th smallest of the n real validation clips' sync scores, k = ceil((n + 1)(1 - alpha)),
+    capped at n (a split-conformal bound: a new real clip exceeds it with probability <= alpha;
+    with few real clips it is the largest of them)."""
+    scores = np.sort(np.asarray(real_sync_scores, float))
+    if scores.size == 0:
+        raise ValueError("no real clips to calibrate the sync evidence on")
+    k = min(scores.size, int(math.ceil((scores.size + 1) * (1 - alpha))))
+    return float(scores[k - 1])
+
+
+def sync_evidence(real_sync_scores, sync_scores) -> np.ndarray:
+    """How far each sync score lies beyond the real validation clips': the share of them it
+    exceeds, in [0, 1] (non-decreasing in the sync score)."""
+    ref = np.sort(np.asarray(real_sync_scores, float))
+    return np.searchsorted(ref, np.asarray(sync_scores, float), side="left") / max(ref.size, 1)
+
+
+# ---------------------------------------------------------------- the verdict: calibrator, threshold, sync bound
+
+def fit_verdict(val: pd.DataFrame, *, calibration: str = "temperature", rule: str = "balanced",
+                target_fpr: float = 0.05, n_boot: int = 200) -> dict:
+    """The run's verdict, fitted on its validation predictions (columns label, p_fake as the
+    model gives it, identity; sync_score for a sync model): plain data, saved as verdict.json.
+
+    The calibrator maps P(fake) to calibrated probabilities; the threshold on them follows
+    `rule` ('balanced': Youden's J; 'fpr': at most the target rate of real clips called FAKE),
+    with its 95 % interval over resampled validation identities. A sync model's verdict also
+    calls FAKE every clip whose sync anomaly lies beyond the real validation clips'
+    (`sync_threshold` at `target_fpr` / 2); under rule 'fpr' the classifier gets the other
+    half of the budget, so the two tests together call at most `target_fpr` of real clips FAKE."""
+    labels = val["label"].to_numpy().astype(int)
+    calibrator = fit_calibrator(labels, val["p_fake"], calibration)
+    calibrated = val.assign(p_fake=calibrate(calibrator, val["p_fake"]))
+    has_sync = "sync_score" in val and (labels == 0).any()
+    classifier_fpr = target_fpr / 2 if has_sync else target_fpr
+    verdict = {"calibration": calibrator, "threshold_rule": rule, "target_fpr": float(target_fpr),
+               "threshold": choose(labels, calibrated["p_fake"], rule, classifier_fpr),
+               "threshold_ci95": threshold_interval(calibrated, rule, classifier_fpr, n_boot=n_boot),
+               "source": "val", "n_real": int((labels == 0).sum()), "n_fake": int((labels == 1).sum()),
+               "sync": None}
+    if has_sync:
+        real = np.sort(val.loc[labels == 0, "sync_score"].to_numpy(float))
+        verdict["sync"] = {"alpha": target_fpr / 2, "threshold": sync_threshold(real, target_fpr / 2),
+                           "real_scores": [float(s) for s in real]}
+    return verdict
+
+
+def apply_verdict(verdict: dict, pred: pd.DataFrame) -> pd.DataFrame:
+    """`pred` (p_fake as the model gives it) with p_fake_raw, p_fake calibrated, verdict_score
+    and pred (1 = FAKE). verdict_score is the calibrated P(fake), raised for a sync model by its
+    sync evidence: to 1 beyond the sync threshold (FAKE whatever the classifier says), below it
+    to at most the threshold times the share of real validation clips it exceeds, which orders
+    clips without deciding any. It never decreases with the sync anomaly."""
+    out = pred.copy()
+    out["p_fake_raw"] = out["p_fake"]
+    out["p_fake"] = calibrate(verdict["calibration"], out["p_fake_raw"])
+    threshold = verdict["threshold"]
+    score = out["p_fake"].to_numpy(float)
+    sync = verdict.get("sync")
+    if sync and "sync_score" in out:
+        anomaly = out["sync_score"].to_numpy(float)
+        below = threshold * sync_evidence(sync["real_scores"], anomaly) * (1 - 1e-9)
+        score = np.maximum(score, np.where(anomaly > sync["threshold"], 1.0, below))
+    out["verdict_score"] = score
+    out["pred"] = (score >= threshold).astype(int)
+    return out
+
+
+def _decision_report(labels, score, called) -> dict:
+    labels, called = np.asarray(labels, int), np.asarray(called, int)
+    real, fake = labels == 0, labels == 1
+    report = {"real_called_fake": float(called[real].mean()) if real.any() else float("nan"),
+              "fake_called_fake": float(called[fake].mean()) if fake.any() else float("nan")}
+    if real.any() and fake.any():
+        report["auc"] = float(roc_auc_score(labels, score))
+        report["balanced_accuracy"] = (1 - report["real_called_fake"] + report["fake_called_fake"]) / 2
+    return report
+
+
+def verdict_report(pred: pd.DataFrame, verdict: dict) -> dict:
+    """The classifier alone (calibrated P(fake) at the threshold), the sync evidence alone (its
+    score beyond the sync threshold) and the verdict, side by side: AUC, balanced accuracy, and
+    the rates of real and fake clips called FAKE."""
+    labels = pred["label"].to_numpy()
+    report = {"classifier": _decision_report(labels, pred["p_fake"], pred["p_fake"] >= verdict["threshold"])}
+    sync = verdict.get("sync")
+    if sync and "sync_score" in pred:
+        report["sync_score"] = _decision_report(labels, pred["sync_score"], pred["sync_score"] > sync["threshold"])
+    report["verdict"] = _decision_report(labels, pred["verdict_score"], pred["pred"])
+    return report
+
+
+def domain_verdict(verdict: dict, real: pd.DataFrame, *, target_fpr: float, seed: int = 0) -> tuple[dict, dict]:
+    """(verdict for the target domain, its report) from a real-only set of that domain (`real`:
+    apply_verdict's columns). Half of its identities (of its clips, when it names none) set the
+    classifier threshold and the sync threshold at `target_fpr` / 2 each (the classifier alone at
+    `target_fpr` for a model without sync branch); the other half shows the rate of real clips
+    then called FAKE. The calibrator stays the validation split's. Raises ValueError when the
+    set holds a fake clip: fakes of the target domain are what a user does not have."""
+    if (real["label"] != 0).any():
+        raise ValueError(f"the calibration set holds {int((real['label'] != 0).sum())} fake clips: the threshold "
+                         f"is set on real clips of the target domain only, so that no fake of it is needed; "
+                         f"make a cache of its real clips (01_preprocess with real_only: true)")
+    groups = real["identity"].astype(str) if (real["identity"].astype(str) != "").any() else real["clip_id"]
+    names = np.array(sorted(groups.unique()))
+    np.random.default_rng(seed).shuffle(names)
+    setting = groups.isin(set(names[: max(1, len(names) // 2)]))
+    part, held = real[setting], real[~setting]
+    sync = verdict.get("sync")
+    has_sync = bool(sync) and "sync_score" in real
+    budget = target_fpr / 2 if has_sync else target_fpr
+    domain = {**verdict, "threshold_rule": "fpr", "target_fpr": float(target_fpr), "source": "calibration set",
+              "threshold": fpr_threshold(part["p_fake"], budget), "threshold_ci95": [float("nan")] * 2,
+              "n_real": int(len(part)), "n_fake": 0}
+    if has_sync:
+        scores = np.sort(part["sync_score"].to_numpy(float))
+        domain["sync"] = {"alpha": budget, "threshold": sync_threshold(scores, budget),
+                          "real_scores": [float(s) for s in scores]}
+    report = {"n_set": int(len(part)), "n_held_out": int(len(held)), "threshold": domain["threshold"],
+              "sync_threshold": domain["sync"]["threshold"] if has_sync else None, "target_fpr": float(target_fpr)}
+    if len(held):
+        report["held_out_real_called_fake"] = float(apply_verdict(domain, held.assign(p_fake=held["p_fake_raw"]))
+                                                    ["pred"].mean())
+    return domain, report

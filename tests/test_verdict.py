@@ -1,0 +1,171 @@
+"""Verdicts a user can trust: calibrated probabilities, thresholds by rule with their own
+uncertainty, thresholds set on real clips of a target domain, the sync evidence kept in the
+verdict, and validation splits that look like the test split."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from avlib import stages
+from avlib.data.media import write_video
+from avlib.data.splits import assign_splits
+from avlib.predict import main as predict_main
+from avlib.scoring.calibration import (
+    apply_verdict,
+    calibrate,
+    choose,
+    domain_verdict,
+    fit_calibrator,
+    fit_verdict,
+    fpr_threshold,
+    sync_threshold,
+    threshold_interval,
+)
+from avlib.scoring.metrics import calibration
+from tests.conftest import face_frames, tone
+
+
+def overconfident(n=400, seed=0):
+    """Labels and P(fake) from a model that is right 80 % of the time but says 0.01 or 0.99."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    right = rng.random(n) < 0.8
+    margin = rng.uniform(3, 6, n)                                         # |logit|: P 0.95-0.998
+    z = np.where(labels == 1, margin, -margin) * np.where(right, 1, -1) + rng.normal(0, 0.5, n)
+    return labels, 1 / (1 + np.exp(-z))
+
+
+@pytest.mark.parametrize("method", ["temperature", "platt", "isotonic"])
+def test_calibration_lowers_the_error_of_an_overconfident_model(method):
+    labels, probs = overconfident()
+    test_labels, test_probs = overconfident(seed=1)
+    fitted = calibrate(fit_calibrator(labels, probs, method), test_probs)
+    before, after = calibration(test_labels, test_probs), calibration(test_labels, fitted)
+    assert after["ece"] < before["ece"] / 2 and after["brier"] < before["brier"]
+    if method != "isotonic":                                             # monotone: the ranking is kept
+        assert roc_auc_score(test_labels, fitted) == pytest.approx(roc_auc_score(test_labels, test_probs))
+
+
+def test_temperature_keeps_the_side_of_one_half_and_refuses_unknown_methods():
+    labels, probs = overconfident()
+    cal = fit_calibrator(labels, probs)
+    assert cal["method"] == "temperature" and cal["temperature"] > 1.5     # softened
+    assert ((calibrate(cal, probs) >= 0.5) == (probs >= 0.5)).all()
+    with pytest.raises(ValueError, match="calibration must be one of"):
+        fit_calibrator(labels, probs, "beta")
+
+
+@pytest.mark.parametrize("target", [0.0, 0.05, 0.1, 0.25])
+def test_the_fpr_rule_calls_at_most_the_requested_share_of_real_clips_fake(target):
+    rng = np.random.default_rng(3)
+    real = rng.random(200)
+    t = fpr_threshold(real, target)
+    assert (real >= t).mean() <= target
+    assert (real >= np.nextafter(t, -np.inf) - 1e-9).mean() > target or target == 0 and t > real.max()
+    labels = np.r_[np.zeros(200, int), np.ones(50, int)]
+    assert choose(labels, np.r_[real, rng.random(50)], "fpr", target) == t       # fakes play no part
+
+
+def test_the_threshold_interval_resamples_validation_identities():
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"identity": np.repeat([f"id{i}" for i in range(12)], 5),
+                          "label": np.tile([0, 0, 1, 1, 1], 12)})
+    frame["p_fake"] = np.clip(0.3 + 0.4 * frame["label"] + rng.normal(0, 0.2, len(frame)), 0, 1)
+    low, high = threshold_interval(frame, "balanced", 0.05, n_boot=100)
+    t = choose(frame["label"], frame["p_fake"])
+    assert low < high and low <= t <= high
+
+
+def test_the_verdict_flags_a_sync_anomaly_beyond_every_real_validation_clip_whatever_the_classifier_says():
+    rng = np.random.default_rng(0)
+    val = pd.DataFrame({"label": [0] * 20 + [1] * 20, "identity": [f"i{i % 10}" for i in range(40)],
+                        "p_fake": np.r_[rng.uniform(0.01, 0.4, 20), rng.uniform(0.6, 0.99, 20)],
+                        "sync_score": np.r_[rng.normal(2, 0.3, 20), rng.normal(2.5, 0.5, 20)]})
+    verdict = fit_verdict(val)
+    assert verdict["sync"]["threshold"] <= val.loc[val["label"] == 0, "sync_score"].max()
+    beyond = val.loc[val["label"] == 0, "sync_score"].max() + 0.01
+    test = pd.DataFrame({"label": [1, 1, 0], "p_fake": [0.001, 0.001, 0.001],
+                         "sync_score": [beyond, beyond + 5, 1.5]})
+    out = apply_verdict(verdict, test)
+    assert list(out["pred"]) == [1, 1, 0]                                   # a sure classifier overruled
+    assert (out["verdict_score"] >= out["p_fake"]).all()
+    more = apply_verdict(verdict, test.assign(sync_score=test["sync_score"] + 1))
+    assert (more["verdict_score"] >= out["verdict_score"]).all()            # never lower for more anomaly
+
+
+def test_the_sync_bound_is_a_conformal_quantile_of_the_real_scores():
+    scores = np.arange(1, 101, dtype=float)                                # 100 real clips
+    assert sync_threshold(scores, 0.05) == 96.0                            # ceil(101 * 0.95) = 96th
+    assert sync_threshold(scores[:10], 0.025) == 10.0                      # few clips: the largest
+
+
+def test_a_calibration_set_with_fakes_is_refused_and_a_real_one_sets_the_rate():
+    verdict = {"calibration": {"method": "none"}, "threshold": 0.5, "sync": None}
+    rng = np.random.default_rng(1)
+    real = apply_verdict(verdict, pd.DataFrame({"label": 0, "clip_id": [f"c{i}" for i in range(400)],
+                                                "identity": [f"p{i // 4}" for i in range(400)],
+                                                "p_fake": rng.beta(2, 5, 400)}))
+    with pytest.raises(ValueError, match="holds 1 fake clips"):
+        domain_verdict(verdict, real.assign(label=[1] + [0] * 399), target_fpr=0.1)
+    domain, report = domain_verdict(verdict, real, target_fpr=0.1)
+    assert report["n_set"] + report["n_held_out"] == 400
+    assert report["held_out_real_called_fake"] == pytest.approx(0.1, abs=0.06)
+
+
+def test_validation_and_test_splits_hold_every_style_in_proportion():
+    rows = [dict(path=f"{s}/{i}/{k}.mp4", identity=f"{s}{i}", category=c, label=int(c != "RVRA"), style=s)
+            for s in ("studio", "newsroom", "webcam") for i in range(20)
+            for k, c in enumerate(("RVRA", "RVRA", "RVFA", "FVRA", "FVFA"))]
+    split = assign_splits(pd.DataFrame(rows), seed=0).drop_duplicates("identity")
+    counts = split.groupby(["split", "style"]).size().unstack()
+    assert (counts.loc["val"] == 3).all() and (counts.loc["test"] == 3).all()
+
+
+def test_the_evaluate_stage_writes_the_verdict_and_a_domain_calibration(tmp_path):
+    common = dict(results_dir=str(tmp_path / "results"), data_dir="", frames=16, size=16, fps=10.0, n_mfcc=40,
+                  mfcc_steps=8, progress=False)
+    stages.preprocess_stage(run_name="v", dataset="dummy", cache_dir=str(tmp_path / "cache"), limit=32, **common)
+    stages.preprocess_stage(run_name="realset", dataset="dummy", cache_dir=str(tmp_path / "real"), limit=16,
+                            real_only=True, seed=5, **common)
+    stages.preprocess_stage(run_name="mixed", dataset="dummy", cache_dir=str(tmp_path / "mixed"), limit=8, seed=6,
+                            **common)
+    run = dict(run_name="v", results_dir=common["results_dir"])
+    stages.build_model_stage(fusion="sync", trunk_stride=4, video_encoder="framediff", **run)
+    stages.train_stage(epochs=1, batch_size=8, device="cpu", workers=0, keep_last=0, progress=False,
+                       log=lambda *a: None, **run)
+    metrics = stages.evaluate_stage(device="cpu", workers=0, progress=False, split="test", target_fpr=0.1,
+                                    calibration_cache_dir=str(tmp_path / "real"), **run)
+    folder = tmp_path / "results" / "v"
+    verdict = json.loads((folder / "verdict.json").read_text())
+    assert verdict["calibration"]["method"] == "temperature" and verdict["sync"]["alpha"] == pytest.approx(0.05)
+    assert set(metrics["verdict"]) == {"classifier", "sync_score", "verdict"}
+    assert {"ece", "ece_before", "brier", "brier_before"} <= set(metrics["calibration"])
+    pred = pd.read_csv(folder / "predictions.csv")
+    assert (pred["pred"] == (pred["verdict_score"] >= verdict["threshold"])).all()
+    assert metrics["domain_calibration"]["n_set"] + metrics["domain_calibration"]["n_held_out"] == 16
+    assert json.loads((folder / "verdict_domain.json").read_text())["source"] == "calibration set"
+    with pytest.raises(ValueError, match="fake clips"):
+        stages.evaluate_stage(device="cpu", workers=0, progress=False, calibration_cache_dir=str(tmp_path / "mixed"),
+                              **run)
+
+
+def test_predict_sets_its_threshold_on_a_folder_of_the_users_real_videos(tmp_path, capsys):
+    from tests.test_evaluate import _checkpoint
+
+    ckpt = _checkpoint(tmp_path)
+    (tmp_path / "run" / "verdict.json").write_text(json.dumps(
+        {"calibration": {"method": "temperature", "temperature": 2.0}, "threshold": 0.999, "sync": None}))
+    mine, real = tmp_path / "mine", tmp_path / "my_real"
+    write_video(mine / "a.mp4", face_frames(16, 32, 32), 8, tone(2.0), 16000)
+    for i in range(6):
+        write_video(real / f"r{i}.mp4", face_frames(16, 32, 32, seed=i), 8, tone(2.0, freq=300 + 40 * i), 16000)
+    assert predict_main([str(mine), "--checkpoint", str(ckpt), "--csv", str(tmp_path / "run.csv")]) == 0
+    assert "threshold 0.999" in capsys.readouterr().out                       # the run's own
+    assert predict_main([str(mine), "--checkpoint", str(ckpt), "--calibrate-on", str(real), "--target-fpr", "0.2",
+                         "--csv", str(tmp_path / "mine.csv")]) == 0
+    out, err = capsys.readouterr()
+    set_line = next(line for line in err.splitlines() if line.startswith("thresholds set on 3 of your 6 real videos"))
+    threshold = float(set_line.split("P(fake) ")[1].split(";")[0].split(",")[0])
+    assert f"threshold {threshold:.3f}" in out and threshold != pytest.approx(0.999)
