@@ -183,14 +183,14 @@ def test_set_lines(metrics: dict) -> list[str]:
         row = f"  {name:<22}{_number(s.get('auc')):>7}"
         if sync:
             row += f"{_number((v.get('sync_score') or {}).get('auc')):>10}"
-        decided = v.get("verdict") or {}
+        decided = v.get("verdict") or {"real_called_fake": s.get("false_positive_rate")}     # a real-only set
         row += (f"{_number(decided.get('balanced_accuracy')):>11}{_number(decided.get('real_called_fake')):>12}"
                 f"{_number(decided.get('fake_called_fake')):>12}")
         lines.append(row)
     cal = metrics.get("calibration") or {}
     if "ece_before" in cal:
         lines.append(f"calibration ({cal.get('method')}): ECE {cal['ece_before']:.3f} -> {cal['ece']:.3f}, "
-                     f"Brier {cal['brier_before']:.3f} -> {cal['brier']:.3f} on the test split")
+                     f"Brier {cal['brier_before']:.3f} -> {cal['brier']:.3f} on the {metrics.get('split', 'test')} split")
     domain = metrics.get("domain_calibration")
     if domain and "held_out_real_called_fake" in domain:
         lines.append(f"thresholds set on {domain['cache_dir']} at {domain['target_fpr']:.1%}: "

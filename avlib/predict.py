@@ -8,8 +8,9 @@
 
 PATH may be a file or a folder (searched recursively for video files). Each video is cut into
 windows of the length the model was trained on (frames / fps seconds, decoded exactly as
-01_preprocess does) every `--stride` seconds (default: one window length, no overlap), up to
-`--max-windows`. P(fake) of the video is the MEAN of its window probabilities (a manipulation
+01_preprocess does) every `--stride` seconds (default: one window length, no overlap), the last
+aligned to the end of the file: every second is scored, unless `--max-windows` caps the windows
+(each row says `duration` and `covered_seconds`, and a warning names a video cut short). P(fake) of the video is the MEAN of its window probabilities (a manipulation
 spanning the video raises every window, and one odd window does not decide); the MAX is
 reported beside it for videos where only a part may be manipulated. The verdict is the run's
 (verdict.json next to the checkpoint folder, fitted by 04_evaluate on validation): P(fake)
@@ -105,15 +106,31 @@ def expand_paths(paths: list[str]) -> list[Path]:
     return out
 
 
-def window_starts(duration: float | None, window_seconds: float, stride: float, max_windows: int) -> list[float]:
-    """Start times of the windows covering `duration` (at least one window)."""
+def window_starts(duration: float | None, window_seconds: float, stride: float,
+                  max_windows: int | None = None) -> list[float]:
+    """Start times of windows that cover the whole of `duration`: one every `stride` seconds,
+    and the last aligned to the end (overlapping the one before) so that no second is left out;
+    the first `max_windows` only when a cap is asked for. At least one window."""
     if not duration or duration <= window_seconds:
         return [0.0]
-    n = int(np.floor((duration - window_seconds) / stride)) + 1
-    return [round(i * stride, 3) for i in range(min(n, max_windows))]
+    n = int(np.floor((duration - window_seconds) / stride + 1e-9)) + 1
+    starts = [round(i * stride, 3) for i in range(n)]
+    last = round(duration - window_seconds, 3)
+    if starts[-1] < last - 1e-3:
+        starts.append(last)
+    return starts[:max_windows] if max_windows else starts
 
 
-def score_file(model, path: Path, cfg: dict, device, *, stride: float | None = None, max_windows: int = 32,
+def covered_seconds(windows: pd.DataFrame) -> float:
+    """Seconds of the video inside at least one scored window (the union of [start, end])."""
+    covered, reach = 0.0, -np.inf
+    for start, end in sorted(zip(windows["start"], windows["end"])):
+        covered += max(0.0, end - max(start, reach))
+        reach = max(reach, end)
+    return round(covered, 3)
+
+
+def score_file(model, path: Path, cfg: dict, device, *, stride: float | None = None, max_windows: int | None = None,
                limits: InputLimits = InputLimits(), amp: bool = False) -> pd.DataFrame:
     """One row per window: start, end, p_fake, has_audio, and for a sync model the estimated
     audio-visual offset (offset_frames, offset_ms; positive when the audio lags the video),
@@ -149,7 +166,7 @@ def score_file(model, path: Path, cfg: dict, device, *, stride: float | None = N
             break
     if not rows:
         raise DecodeError("no window could be decoded")
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).assign(duration=round(duration, 3) if duration else np.nan)
 
 
 def run_verdict(checkpoint: Path) -> dict:
@@ -206,14 +223,16 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, help="write the per-video results as JSON here")
     parser.add_argument("--windows", type=Path, help="write one row per window here")
     parser.add_argument("--timeline", type=Path, help="folder for one P(fake)-over-time PNG per video")
-    parser.add_argument("--stride", type=float, help="seconds between window starts (default: the window length)")
-    parser.add_argument("--max-windows", type=int, default=32)
+    parser.add_argument("--stride", type=_positive(float),
+                        help="seconds between window starts (default: the window length)")
+    parser.add_argument("--max-windows", type=_positive(int),
+                        help="score only the first N windows of each video (default: every window, the whole video)")
     parser.add_argument("--threshold", type=float, help="decision threshold on calibrated P(fake) (default: the "
                         "run's, from its verdict.json)")
     parser.add_argument("--calibrate-on", nargs="+", metavar="PATH",
                         help="real videos of your own domain (files or folders): the thresholds are set on them at "
                              "--target-fpr, so that no fake of that domain is needed")
-    parser.add_argument("--target-fpr", type=_positive(float), default=0.05,
+    parser.add_argument("--target-fpr", type=_fraction, default=0.05,
                         help="with --calibrate-on: the rate of your real videos that may be called fake (default "
                              "%(default)g; a sync model gives half to its sync evidence)")
     parser.add_argument("--device", default="cpu")
@@ -233,6 +252,10 @@ def main(argv=None) -> int:
     if not cfg:
         parser.error(f"{args.checkpoint} does not record its preprocessing settings (written by an older avlib)")
     verdict = run_verdict(args.checkpoint)
+    if verdict.get("epoch") is not None and verdict.get("epoch") != state.get("epoch"):
+        print(f"warning: the run's verdict.json was fitted for {verdict.get('checkpoint')} of epoch {verdict['epoch']}, "
+              f"and {args.checkpoint.name} holds epoch {state.get('epoch')}: rerun 04_evaluate for these weights",
+              file=sys.stderr)
     device = next(model.parameters()).device
     tune_allocator()
     amp = resolve_amp("auto" if args.amp == "auto" else args.amp == "true", device,
@@ -256,9 +279,15 @@ def main(argv=None) -> int:
         windows = apply_verdict(verdict, windows.assign(label=0))
         video = apply_verdict(verdict, pd.DataFrame([video_scores(path, windows.assign(p_fake=windows["p_fake_raw"]))]))
         decided = video.iloc[0]
+        duration = float(windows["duration"].iloc[0])
+        covered = covered_seconds(windows)
+        if duration == duration and covered < duration - 0.05:          # NaN: no duration in the header
+            print(f"warning: {path}: scored {covered:.1f} s of its {duration:.1f} s"
+                  + (f" (--max-windows {args.max_windows})" if args.max_windows else ""), file=sys.stderr)
         results.append({"path": str(path), "p_fake": round(float(decided["p_fake"]), 4),
                         "p_fake_max": round(float(windows["p_fake"].max()), 4),
-                        "label": "FAKE" if decided["pred"] else "REAL", "windows": len(windows), "error": "",
+                        "label": "FAKE" if decided["pred"] else "REAL", "windows": len(windows),
+                        "duration": duration, "covered_seconds": covered, "error": "",
                         **({"sync_score": round(float(decided["sync_score"]), 4),
                             "offset_ms_median": float(windows["offset_ms"].median())} if "offset_ms" in windows else {})})
         all_windows.append(windows.drop(columns=["label"]).assign(path=str(path)))
@@ -279,6 +308,14 @@ def main(argv=None) -> int:
     if args.windows and all_windows:
         pd.concat(all_windows).to_csv(args.windows, index=False)
     return 1 if (table["label"] == "ERROR").any() else 0
+
+
+def _fraction(text: str) -> float:
+    """An argparse type: a rate in (0, 1) (5 % is 0.05)."""
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be a rate between 0 and 1 (5 % is 0.05), got {text}")
+    return value
 
 
 def _positive(kind):

@@ -19,7 +19,7 @@ from avlib.evaluation.evaluate import external_metrics, external_sets, generaliz
 from avlib.figures.plots import plot_roc_overlay
 from avlib.models.detector import build_model, model_config
 from avlib.predict import main as predict_main
-from avlib.predict import window_starts
+from avlib.predict import covered_seconds, window_starts
 from avlib.scoring.calibration import apply_verdict
 from avlib.scoring.metrics import choose_threshold, evaluation_report
 from avlib.stages import evaluate_stage
@@ -172,10 +172,30 @@ def test_external_labelled_corpus_is_scored_at_the_run_val_threshold(tmp_path, m
     assert curves.groupby("set")["auc"].first()["crossgen"] == pytest.approx(ext["auc"])
 
 
-def test_window_starts():
-    assert window_starts(None, 2.0, 2.0, 10) == [0.0]
-    assert window_starts(7.0, 2.0, 2.0, 10) == [0.0, 2.0, 4.0]
-    assert window_starts(7.0, 2.0, 1.0, 3) == [0.0, 1.0, 2.0]
+def test_windows_cover_the_whole_video_unless_capped():
+    assert window_starts(None, 2.0, 2.0) == [0.0]
+    assert window_starts(1.5, 2.0, 2.0) == [0.0]
+    assert window_starts(7.0, 2.0, 2.0) == [0.0, 2.0, 4.0, 5.0]          # the last one ends where the video does
+    assert window_starts(6.0, 2.0, 2.0) == [0.0, 2.0, 4.0]
+    assert window_starts(7.0, 2.0, 1.0, 3) == [0.0, 1.0, 2.0]             # a cap the user asked for
+    assert window_starts(1200.0, 2.0, 2.0)[-1] == 1198.0 and len(window_starts(1200.0, 2.0, 2.0)) == 600
+    windows = pd.DataFrame({"start": [0.0, 2.0, 4.0, 5.0], "end": [2.0, 4.0, 6.0, 7.0]})
+    assert covered_seconds(windows) == 7.0
+    assert covered_seconds(windows.iloc[:2]) == 4.0
+
+
+def test_predict_scores_every_second_and_says_when_a_cap_cut_a_video_short(tmp_path, capsys):
+    ckpt = _checkpoint(tmp_path)
+    video = write_video(tmp_path / "talk.mp4", face_frames(44, 32, 32), 8, tone(5.5), 16000)   # 5.5 s, 1 s windows
+    assert predict_main([str(video), "--checkpoint", str(ckpt), "--csv", str(tmp_path / "all.csv")]) == 0
+    row = pd.read_csv(tmp_path / "all.csv").iloc[0]
+    assert row["windows"] == 6 and row["covered_seconds"] == pytest.approx(row["duration"], abs=0.05)
+    assert "warning" not in capsys.readouterr().err
+    assert predict_main([str(video), "--checkpoint", str(ckpt), "--max-windows", "2",
+                         "--csv", str(tmp_path / "cut.csv")]) == 0
+    row = pd.read_csv(tmp_path / "cut.csv").iloc[0]
+    assert row["windows"] == 2 and row["covered_seconds"] == 2.0
+    assert f"warning: {video}: scored 2.0 s of its 5.5 s (--max-windows 2)" in capsys.readouterr().err
 
 
 def test_predict_cli_scores_good_files_and_reports_the_broken_one(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""The main command as people meet it (`make demo` runs `python -m avlib.pipeline params/demo.yaml`):
+"""The main command as people meet it (`make demo` runs `python -m avlib.pipeline params/demo_sync.yaml`):
 progress streamed as it happens, no line that asks nothing of the user, a closing summary beside
 the committed reference, and no tracked file touched. The smoke chain runs once, as a command,
 in a throwaway git copy of the tracked tree; its kernels start in notebooks/, as JupyterLab
@@ -42,7 +42,21 @@ def test_main_command_streams_epochs_and_ends_with_a_summary(_clone_smoke_lines)
     assert times[0] < 10 and max(b - a for a, b in zip(times, times[1:])) < 60, lines
     assert text[-1] == "executed notebooks: results/smoke/notebooks/"      # paths relative to the copy's root
     assert any(line.startswith("test split, 6 clips: AUC ") for line in text), text
+    table = text.index(next(line for line in text if line.startswith("the verdict on every set (threshold ")))
+    assert text[table + 1].split() == ["set", "AUC", "sync", "AUC", "bal.", "acc.", "real->fake", "fake->fake"]
+    assert [line.split()[0] for line in text[table + 2:table + 4]] == ["test", "smoke-external"]
+    assert re.fullmatch(r"calibration \(temperature\): ECE [\d.]+ -> [\d.]+, Brier [\d.]+ -> [\d.]+ on the test split",
+                        text[table + 4]), text[table + 4]
     assert not [line for line in text if re.search("warning|error|encryption|unable to", line, re.I)], text
+
+
+def test_a_headless_run_saves_no_progress_widget_in_its_notebooks(clone_smoke_run):
+    """A widget saved by a kernel nobody watched shows as a dead bar in JupyterLab."""
+    _, run, _ = clone_smoke_run
+    for path in sorted((run / "notebooks").glob("*.ipynb")):
+        outputs = [o for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code" for o in c.outputs]
+        assert outputs and not [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
+                                or "0%|" in o.get("text", "")], path.name
 
 
 def test_progress_lines_throttle_and_finish_once():

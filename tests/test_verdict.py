@@ -169,3 +169,32 @@ def test_predict_sets_its_threshold_on_a_folder_of_the_users_real_videos(tmp_pat
     set_line = next(line for line in err.splitlines() if line.startswith("thresholds set on 3 of your 6 real videos"))
     threshold = float(set_line.split("P(fake) ")[1].split(";")[0].split(",")[0])
     assert f"threshold {threshold:.3f}" in out and threshold != pytest.approx(0.999)
+
+
+def test_a_separable_validation_split_neither_sharpens_without_bound_nor_moves_the_auc():
+    from avlib.evaluation.evaluate import verdict_metrics
+
+    rng = np.random.default_rng(2)
+    val = pd.DataFrame({"label": [0] * 20 + [1] * 25, "identity": [f"i{i % 9}" for i in range(45)],
+                        "p_fake": np.r_[rng.uniform(0.05, 0.7, 20), rng.uniform(0.75, 0.9999, 25)]})
+    verdict = fit_verdict(val)
+    assert verdict["calibration"]["temperature"] >= 0.2 - 1e-9
+    test = apply_verdict(verdict, val.assign(category="x", method="x", clip_id=[f"c{i}" for i in range(45)],
+                                             p_fake=rng.uniform(0.5, 0.99999, 45)))
+    report = verdict_metrics(test, verdict, n_boot=5)
+    assert report["auc"] == pytest.approx(roc_auc_score(test["label"], test["p_fake_raw"]))
+
+
+def test_the_sync_override_holds_whatever_the_classifier_threshold():
+    verdict = {"calibration": {"method": "none"}, "threshold": np.nextafter(1.0, 2.0),
+               "sync": {"threshold": 2.0, "real_scores": [1.0, 1.5, 2.0]}}
+    out = apply_verdict(verdict, pd.DataFrame({"label": [1, 0], "p_fake": [1.0, 1.0], "sync_score": [9.0, 1.2]}))
+    assert list(out["pred"]) == [1, 0]
+
+
+@pytest.mark.parametrize("rate", ["5", "0", "-0.1"])
+def test_predict_refuses_a_target_rate_outside_zero_to_one(tmp_path, rate, capsys):
+    with pytest.raises(SystemExit):
+        predict_main([str(tmp_path), "--checkpoint", str(tmp_path / "x.pt"), "--calibrate-on", str(tmp_path),
+                      "--target-fpr", rate])
+    assert "--target-fpr" in capsys.readouterr().err

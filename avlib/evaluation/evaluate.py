@@ -57,7 +57,7 @@ def evaluate_run(checkpoint: Path, cache_dir: Path, run: Path, *, split: str = "
     model, state, dev, _ = scoring_model(checkpoint, device, amp=amp, compile=compile)
     scoring = dict(batch_size=batch_size, device=dev, workers=workers, amp=amp, progress=progress)
     val = split_predictions(model, cache_dir, "val", **scoring)
-    if val is not None and val["label"].nunique() == 2:
+    if val is not None and (val["label"].nunique() == 2 or threshold_rule == "fpr" and (val["label"] == 0).any()):
         verdict = fit_verdict(val, calibration=calibration, rule=threshold_rule, target_fpr=target_fpr)
         rule = ("max balanced accuracy" if threshold_rule == "balanced"
                 else f"{target_fpr:.1%} of real clips called fake")
@@ -66,6 +66,7 @@ def evaluate_run(checkpoint: Path, cache_dir: Path, run: Path, *, split: str = "
         verdict = {"calibration": {"method": "none"}, "threshold_rule": "default", "target_fpr": target_fpr,
                    "threshold": 0.5, "threshold_ci95": [float("nan")] * 2, "source": "default", "sync": None}
         source = "default 0.5 (no validation clips of both classes)"
+    verdict.update(checkpoint=Path(checkpoint).name, epoch=state.get("epoch"))      # predict checks it scores these
     write_json(run / "verdict.json", verdict)
     pred = split_predictions(model, cache_dir, split, **scoring)
     if pred is None:
@@ -89,10 +90,14 @@ def verdict_metrics(pred: pd.DataFrame, verdict: dict, *, n_boot: int = 1000) ->
     accuracy and the rest of the verdict; the calibration before and after; the threshold, its
     interval and the sync threshold; the classifier, the sync evidence and the verdict side by
     side (`verdict`)."""
-    report = evaluation_report(pred, verdict["threshold"], n_boot=n_boot)
-    two = pred["label"].nunique() == 2
-    before = calibration(pred["label"], pred["p_fake_raw"]) if two and "p_fake_raw" in pred else {}
-    report["calibration"] = {"method": verdict["calibration"]["method"], **report["calibration"],
+    raw = "p_fake_raw" in pred
+    # AUC, AP, EER and their intervals rank by the model's own score (a saturating calibrator ties
+    # scores it never reorders); accuracy and the rest follow the verdict (the `pred` column)
+    report = evaluation_report(pred.assign(p_fake=pred["p_fake_raw"]) if raw else pred, verdict["threshold"],
+                               n_boot=n_boot)
+    after = calibration(pred["label"], pred["p_fake"])
+    before = report["calibration"] if raw else {}
+    report["calibration"] = {"method": verdict["calibration"]["method"], **after,
                              **{f"{k}_before": v for k, v in before.items()}}
     report["threshold_ci95"] = verdict.get("threshold_ci95")
     report["threshold_rule"] = verdict.get("threshold_rule")

@@ -43,9 +43,16 @@ def plot_confusion_matrix(pred: pd.DataFrame, folder: Path) -> Path:
     return _save(fig, folder, "confusion_matrix", table)
 
 
+def ranking_score(pred: pd.DataFrame) -> pd.Series:
+    """The score ROC and precision-recall curves rank by: the model's own P(fake) (p_fake_raw)
+    where the predictions hold it, since a calibrator that saturates can tie scores it does not
+    reorder; else p_fake."""
+    return pred["p_fake_raw"] if "p_fake_raw" in pred else pred["p_fake"]
+
+
 def plot_roc(pred: pd.DataFrame, folder: Path, threshold: float, auc: float, *, n_boot: int = 200, seed: int = 0) -> Path:
     """ROC with a bootstrap band (identities resampled) and the operating point."""
-    fpr, tpr, thr = roc_curve(pred["label"], pred["p_fake"])
+    fpr, tpr, thr = roc_curve(pred["label"], ranking_score(pred))
     grid = np.linspace(0, 1, 101)
     rng = np.random.default_rng(seed)
     groups = [g for _, g in pred.groupby("identity")]
@@ -53,15 +60,16 @@ def plot_roc(pred: pd.DataFrame, folder: Path, threshold: float, auc: float, *, 
     for _ in range(n_boot):
         sample = pd.concat([groups[i] for i in rng.integers(0, len(groups), len(groups))])
         if sample["label"].nunique() == 2:
-            f, t, _ = roc_curve(sample["label"], sample["p_fake"])
+            f, t, _ = roc_curve(sample["label"], ranking_score(sample))
             curves.append(np.interp(grid, f, t))
     fig, ax = plt.subplots(figsize=(5, 5))
     if curves:
         lo, hi = np.percentile(curves, [2.5, 97.5], axis=0)
         ax.fill_between(grid, lo, hi, alpha=0.25, label="95 % band (identity bootstrap)")
     ax.plot(fpr, tpr, lw=2, label=f"AUC = {auc:.3f}")
-    op_fpr = float(((pred["p_fake"] >= threshold) & (pred["label"] == 0)).sum() / max((pred["label"] == 0).sum(), 1))
-    op_tpr = float(((pred["p_fake"] >= threshold) & (pred["label"] == 1)).sum() / max((pred["label"] == 1).sum(), 1))
+    called = pred["pred"] == 1 if "pred" in pred else pred["p_fake"] >= threshold     # the verdict's operating point
+    op_fpr = float((called & (pred["label"] == 0)).sum() / max((pred["label"] == 0).sum(), 1))
+    op_tpr = float((called & (pred["label"] == 1)).sum() / max((pred["label"] == 1).sum(), 1))
     ax.scatter([op_fpr], [op_tpr], color="red", zorder=3, label=f"threshold {threshold:.2f}")
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (test)")
@@ -70,7 +78,7 @@ def plot_roc(pred: pd.DataFrame, folder: Path, threshold: float, auc: float, *, 
 
 
 def plot_precision_recall(pred: pd.DataFrame, folder: Path, ap: float) -> Path:
-    precision, recall, thr = precision_recall_curve(pred["label"], pred["p_fake"])
+    precision, recall, thr = precision_recall_curve(pred["label"], ranking_score(pred))
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot(recall, precision, lw=2, label=f"AP = {ap:.3f}")
     ax.axhline(pred["label"].mean(), ls="--", color="grey", lw=1, label="chance")
@@ -149,8 +157,8 @@ def plot_roc_overlay(sets: dict[str, pd.DataFrame], folder: Path) -> Path:
         if pred["label"].nunique() < 2:
             skipped.append(name)
             continue
-        fpr, tpr, thr = roc_curve(pred["label"], pred["p_fake"])
-        auc = roc_auc_score(pred["label"], pred["p_fake"])
+        fpr, tpr, thr = roc_curve(pred["label"], ranking_score(pred))
+        auc = roc_auc_score(pred["label"], ranking_score(pred))
         ax.plot(fpr, tpr, lw=2, label=f"{name}: AUC {auc:.3f} (n={len(pred)})")
         rows.append(pd.DataFrame({"set": name, "auc": auc, "fpr": fpr, "tpr": tpr, "threshold": thr}))
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)

@@ -47,11 +47,15 @@ def fit_calibrator(labels, probs, method: str = "temperature") -> dict:
         def nll(log_t):
             q = np.clip(sigmoid(z / math.exp(log_t)), EPS, 1 - EPS)
             return -np.mean(labels * np.log(q) + (1 - labels) * np.log1p(-q))
-        best = minimize_scalar(nll, bounds=(-4.0, 4.0), method="bounded")
+        # T in [0.2, 20]: a validation split the model separates perfectly drives T to 0 (every
+        # score to 0 or 1); no 45-clip split justifies sharpening the model more than five-fold
+        best = minimize_scalar(nll, bounds=(math.log(0.2), math.log(20.0)), method="bounded")
         return {"method": "temperature", "temperature": float(math.exp(best.x))}
     if method == "platt":
         model = LogisticRegression(C=1e4).fit(z[:, None], labels)
-        return {"method": "platt", "a": float(max(model.coef_[0, 0], EPS)), "b": float(model.intercept_[0])}
+        if model.coef_[0, 0] <= 0:       # the split ranks against the model: a falling map would invert it
+            return {**fit_calibrator(labels, probs, "temperature"), "note": "platt's slope was not positive"}
+        return {"method": "platt", "a": float(model.coef_[0, 0]), "b": float(model.intercept_[0])}
     iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(z, labels)
     return {"method": "isotonic", "x": [float(v) for v in iso.X_thresholds_],
             "y": [float(v) for v in iso.y_thresholds_]}
@@ -121,7 +125,9 @@ def sync_threshold(real_sync_scores, alpha: float) -> float:
     scores = np.sort(np.asarray(real_sync_scores, float))
     if scores.size == 0:
         raise ValueError("no real clips to calibrate the sync evidence on")
-    k = min(scores.size, int(math.ceil((scores.size + 1) * (1 - alpha))))
+    if not 0 < alpha < 1:
+        raise ValueError(f"the sync evidence's false-positive budget must be in (0, 1), got {alpha!r}")
+    k = min(scores.size, max(1, int(math.ceil((scores.size + 1) * (1 - alpha)))))
     return float(scores[k - 1])
 
 
@@ -173,13 +179,16 @@ def apply_verdict(verdict: dict, pred: pd.DataFrame) -> pd.DataFrame:
     out["p_fake"] = calibrate(verdict["calibration"], out["p_fake_raw"])
     threshold = verdict["threshold"]
     score = out["p_fake"].to_numpy(float)
+    called = score >= threshold
     sync = verdict.get("sync")
     if sync and "sync_score" in out:
         anomaly = out["sync_score"].to_numpy(float)
-        below = threshold * sync_evidence(sync["real_scores"], anomaly) * (1 - 1e-9)
-        score = np.maximum(score, np.where(anomaly > sync["threshold"], 1.0, below))
+        beyond = anomaly > sync["threshold"]
+        below = min(threshold, 1.0) * sync_evidence(sync["real_scores"], anomaly) * (1 - 1e-9)
+        score = np.maximum(score, np.where(beyond, max(1.0, threshold), below))
+        called |= beyond                 # decided here, not by the score: a threshold above 1 calls nothing else
     out["verdict_score"] = score
-    out["pred"] = (score >= threshold).astype(int)
+    out["pred"] = called.astype(int)
     return out
 
 
@@ -218,7 +227,8 @@ def domain_verdict(verdict: dict, real: pd.DataFrame, *, target_fpr: float, seed
         raise ValueError(f"the calibration set holds {int((real['label'] != 0).sum())} fake clips: the threshold "
                          f"is set on real clips of the target domain only, so that no fake of it is needed; "
                          f"make a cache of its real clips (01_preprocess with real_only: true)")
-    groups = real["identity"].astype(str) if (real["identity"].astype(str) != "").any() else real["clip_id"]
+    named = real["identity"].astype(str)
+    groups = named if named[named != ""].nunique() >= 2 else real["clip_id"]      # one speaker: split the clips
     names = np.array(sorted(groups.unique()))
     np.random.default_rng(seed).shuffle(names)
     setting = groups.isin(set(names[: max(1, len(names) // 2)]))
