@@ -4,6 +4,7 @@
     python -m avlib.bench train [--frames 16] [--size 64] [--batch 8] [--steps 2] [--repeats 3] [--compile]
                                 [--device cpu|cuda] [--amp auto|true|false]
     python -m avlib.bench fit --device cuda --frames 128 --size 112 --batch 8 --clips 160 --workers 8
+    python -m avlib.bench predict [--seconds 300] [--video-size 224] [--full] [--batch 8] [--workers 2] [--repeats 3]
 
 preprocess: the same clips processed two ways in one run. The seed's way: OpenCV frame reads
 resized to 112x112, audio extracted to WAV by an ffmpeg process and loaded by librosa (22.05 kHz),
@@ -22,6 +23,11 @@ default malloc (how the seed's notebook runs); then, when ours runs in bf16, the
 the clips of --cache with the weights of --checkpoint when given). On CUDA the seed's loop alone is skipped (glibc's allocator
 does not hold GPU memory).
 
+predict: seconds of video scored per second by python -m avlib.predict's path (each file decoded
+once, windows batched, decoding in --workers processes) and by the per-window loop it replaced
+(each window opened, sought, decoded and scored alone), on the same generated H.264/AAC file in
+interleaved rounds; the share of the time spent decoding, and peak RSS.
+
 fit: the real 03_train path end to end (cache -> make_loader -> fit, amp, channels_last_3d) on
 random clips at the given size: the loader's clips/s from a warm cache, then the last epoch's
 training clips/s. Run it at full size on a GPU to see whether the loader keeps the card fed.
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import subprocess
 import sys
@@ -42,7 +49,9 @@ import imageio_ffmpeg
 import librosa
 import numpy as np
 
-from avlib.core.runtime import pick_device, resolve_amp, tune_allocator
+from avlib.core.runtime import cpu_description, pick_device, resolve_amp, tune_allocator
+from avlib.data.decode import decode_clip
+from avlib.data.features import compute_mfcc
 from avlib.data.indexers import index_dataset
 from avlib.data.preprocess import preprocess, settings, write_dummy_cache
 from avlib.data.synthetic import CorpusSpec, generate_corpus
@@ -412,9 +421,88 @@ def bench_sync(frames: int, size: int, batch: int, steps: int, repeats: int = 2,
     return out
 
 
+def _talk_video(path: Path, seconds: float, size: int) -> Path:
+    """An H.264/AAC file of `seconds` at size x size, 25 fps, 16 kHz (FFmpeg's test pattern and a
+    tone, encoded by the ffmpeg binary imageio-ffmpeg ships: no frame is held in memory)."""
+    ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
+    subprocess.run([ffmpeg, "-y", "-loglevel", "error", "-f", "lavfi", "-i", f"testsrc2=size={size}x{size}:rate=25",
+                    "-f", "lavfi", "-i", "sine=frequency=300:sample_rate=16000", "-t", str(seconds),
+                    "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-c:a", "aac", str(path)],
+                   check=True)
+    return path
+
+
+def bench_predict(seconds: float, size: int, repeats: int, workers: int, batch: int, full: bool,
+                  log=print) -> dict:
+    """Seconds of video scored per second by predict's path (decode once, windows batched, decoding
+    in `workers` processes) and by the per-window loop it replaced (open, seek and decode each
+    window, score it alone), on the same file, in interleaved rounds; the share of the time spent
+    decoding; peak RSS. Untrained weights: speed does not depend on them."""
+    import torch  # deferred: loads torch
+
+    from avlib.models.detector import build_model, inference_model, video_to_model_input  # deferred: loads torch
+    from avlib.scoring.videos import VideoWindows, WindowPlan, score_videos, window_starts  # deferred: loads torch
+
+    tmp = Path(tempfile.mkdtemp(prefix="avlib-bench-"))
+    try:
+        path = _talk_video(tmp / "talk.mp4", seconds, size)
+        if full:       # the seed's model and window: R(2+1)D-18 on 128 frames of 112x112 at 25 fps, 40 x 200 MFCC
+            cfg = dict(frames=128, size=112, fps=25.0, n_mfcc=40, mfcc_steps=200, sample_rate=16000)
+            model = build_model()
+        else:          # the sync demo's: 32 frames of 32x32 at 16 fps, framediff trunk, sync branch
+            cfg = dict(frames=32, size=32, fps=16.0, n_mfcc=40, mfcc_steps=50, sample_rate=16000)
+            model = build_model(fusion="sync", fps=16.0, frames=32, video_encoder="framediff", video_head=True)
+        tune_allocator()
+        device = torch.device("cpu")
+        amp = resolve_amp("auto", device)
+        model = inference_model(model.eval(), amp=amp)
+        sync = model.fusion == "sync"
+        plan = WindowPlan(cfg)
+        starts = window_starts(seconds, plan.seconds, plan.seconds)
+
+        def per_window():
+            for start in starts:
+                clip = decode_clip(path, frames=cfg["frames"], size=cfg["size"], fps=cfg["fps"], offset=start,
+                                   threads=1)
+                video = torch.from_numpy(np.ascontiguousarray(clip.video.transpose(3, 0, 1, 2)))[None]
+                inputs = [video_to_model_input(video, device),
+                          torch.from_numpy(compute_mfcc(clip.audio, 16000, cfg["n_mfcc"], cfg["mfcc_steps"]))[None]]
+                if sync:
+                    inputs.append(torch.from_numpy(clip.audio)[None])
+                with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                    model(*inputs)
+
+        def streamed(n_workers):
+            score_videos(model, [path], plan, device, batch_size=batch, workers=n_workers, amp=amp,
+                         on_video=lambda *a: None)
+
+        def decode_only():
+            for _ in VideoWindows([path], plan):
+                pass
+
+        times = {"per-window loop": [], f"predict, {workers} workers": [], "predict, no workers": [],
+                 "decoding alone": []}
+        for r in range(repeats):
+            for name, run in zip(times, (per_window, lambda: streamed(workers), lambda: streamed(0), decode_only)):
+                start = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - start)
+            log(f"  round {r + 1}/{repeats}: " + ", ".join(f"{k} {seconds / v[-1]:.1f}" for k, v in times.items())
+                + " s of video/s")
+        mean = {k: float(np.mean(v)) for k, v in times.items()}
+        rss = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+        return {"seconds": seconds, "windows": len(starts), "amp": amp,
+                **{f"{k} video_s_per_s": seconds / v for k, v in mean.items()},
+                "speedup": mean["per-window loop"] / mean[f"predict, {workers} workers"],
+                "decode_share": mean["decoding alone"] / mean["predict, no workers"],
+                "peak_rss_mb": rss[0] / 1024, "peak_rss_worker_mb": rss[1] / 1024}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["preprocess", "train", "fit", "sync", "seed-alone"])
+    parser.add_argument("what", choices=["preprocess", "train", "fit", "sync", "predict", "seed-alone"])
     parser.add_argument("--clips", type=int, default=120)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--frames", type=int, default=16)
@@ -428,6 +516,9 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (train, fit)")
     parser.add_argument("--epochs", type=int, default=2, help="fit: epochs (the last one is timed)")
     parser.add_argument("--fps", type=float, default=25.0, help="sync: the clips' frame rate")
+    parser.add_argument("--seconds", type=float, default=300.0, help="predict: length of the video")
+    parser.add_argument("--video-size", type=int, default=224, help="predict: the video's frame side (720 for 720p-ish)")
+    parser.add_argument("--full", action="store_true", help="predict: the seed's full-size model, not the sync demo's")
     parser.add_argument("--amp", default="auto", choices=["auto", "true", "false"],
                         help="train: bf16 autocast in our loop; auto: where the hardware computes in bf16 natively")
     args = parser.parse_args(argv)
@@ -436,6 +527,17 @@ def main(argv=None) -> int:
         r = bench_train(args.frames, args.size, args.batch, args.steps, args.repeats, seed_only=True,
                         log=lambda *a: None)
         print(json.dumps({k: r[k] for k in ("seed_train_clips_per_s", "seed_infer_clips_per_s")}))
+        return 0
+    if args.what == "predict":
+        print(f"predict on a {args.seconds:g} s H.264/AAC video of {args.video_size}x{args.video_size}, "
+              f"{'the seed model (128x112x112)' if args.full else 'the sync demo model (32x32x32, 16 fps)'}, "
+              f"batch {args.batch}, {args.repeats} interleaved rounds; CPU: {cpu_description()}")
+        r = bench_predict(args.seconds, args.video_size, args.repeats, args.workers, args.batch, args.full)
+        for key in [k for k in r if k.endswith("video_s_per_s")]:
+            print(f"  {key[:-len(' video_s_per_s')]:>24}: {r[key]:7.1f} s of video per second (mean of {args.repeats})")
+        print(f"  predict / per-window loop: {r['speedup']:.1f}x; decoding is {100 * r['decode_share']:.0f} % of "
+              f"predict's time without workers; {r['windows']} windows ({'bf16' if r['amp'] else 'fp32'})")
+        print(f"  peak RSS: {r['peak_rss_mb']:,.0f} MB this process, {r['peak_rss_worker_mb']:,.0f} MB the largest worker")
         return 0
     if args.what == "sync":
         r = bench_sync(args.frames, args.size, args.batch, args.steps, args.repeats, args.device, args.fps)

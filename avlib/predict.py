@@ -1,124 +1,59 @@
 """Is this video fake? Score your own files with a trained checkpoint:
 
-    python -m avlib.predict PATH [PATH ...] --checkpoint results/demo/checkpoints/best.pt
-        [--csv scores.csv] [--json scores.json] [--windows windows.csv] [--timeline FOLDER]
-        [--stride SECONDS] [--max-windows N] [--threshold T] [--calibrate-on REAL_VIDEOS [--target-fpr F]]
-        [--device cpu]
+    python -m avlib.predict PATH [PATH ...] --checkpoint results/demo_sync/checkpoints/best.pt
+        [--csv scores.csv [--resume]] [--json scores.json] [--windows windows.csv] [--timeline FOLDER]
+        [--stride SECONDS] [--max-windows N] [--batch-size N] [--workers N] [--shard K/N]
+        [--threshold T] [--calibrate-on REAL_VIDEOS [--target-fpr F]] [--device cpu]
         [--max-file-mb MB] [--max-side PIXELS] [--max-duration SECONDS]
 
 PATH may be a file or a folder (searched recursively for video files). Each video is cut into
 windows of the length the model was trained on (frames / fps seconds, decoded exactly as
 01_preprocess does) every `--stride` seconds (default: one window length, no overlap), the last
 aligned to the end of the file: every second is scored, unless `--max-windows` caps the windows
-(each row says `duration` and `covered_seconds`, and a warning names a video cut short). P(fake) of the video is the MEAN of its window probabilities (a manipulation
-spanning the video raises every window, and one odd window does not decide); the MAX is
-reported beside it for videos where only a part may be manipulated. The verdict is the run's
-(verdict.json next to the checkpoint folder, fitted by 04_evaluate on validation): P(fake)
-calibrated, its threshold, and for a sync model a video whose lips and voice disagree more
-than in every real validation clip called fake whatever P(fake) says. --calibrate-on sets the
-thresholds on your own real videos instead, at --target-fpr; --threshold overrides the
-P(fake) threshold. Unreadable files are reported and the rest scored; the exit status is 1
-when any file failed.
+(each row says `duration` and `covered_seconds`, and a warning names a video cut short). P(fake)
+of the video is the MEAN of its window probabilities (a manipulation spanning the video raises
+every window, and one odd window does not decide); the MAX is reported beside it for videos
+where only a part may be manipulated. The verdict is the run's (verdict.json next to the
+checkpoint folder, fitted by 04_evaluate on validation): P(fake) calibrated, its threshold,
+and for a sync model a video whose lips and voice disagree more than in every real validation
+clip called fake whatever P(fake) says. --calibrate-on sets the thresholds on your own real
+videos instead, at --target-fpr; --threshold overrides the P(fake) threshold. Unreadable files
+are reported and the rest scored; the exit status is 1 when any file failed.
+
+Large folders: each file is decoded once, from its start (avlib.data.stream), in `--workers`
+processes ahead of the model; windows are scored `--batch-size` at a time across files
+(avlib.scoring.videos), so memory holds a few windows per worker whatever the videos' length.
+Each video's row is appended to --csv as soon as it is done: after a kill, `--resume` keeps
+them and scores the rest. `--shard K/N` scores every N-th video from the K-th (K from 0) of the
+sorted list, for array jobs on a cluster: the N files together hold one run's rows. On a
+terminal, a progress line at most every 15 s: videos done, seconds of video per second, ETA.
 
 Files from strangers: a file larger than --max-file-mb, with frames wider or taller than
 --max-side pixels, or lasting longer than --max-duration seconds is refused from its size and
 stream header, before any frame is decoded (the header probe itself runs with FFmpeg's
 max_pixels at the limit, and so does the decoder, in case the stream grows after its header).
-Windows are decoded in one thread, so memory does not grow with the machine's cores.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import av
 import numpy as np
 import pandas as pd
-import torch
-from tqdm.auto import tqdm
 
+from avlib.core.progress import ProgressLines
 from avlib.core.runtime import resolve_amp, tune_allocator
-from avlib.data.decode import DecodeError, decode_clip
-from avlib.data.features import compute_mfcc
-from avlib.data.indexers import VIDEO_EXTENSIONS
+from avlib.data.decode import DecodeError
+from avlib.data.inputs import InputLimits, InputRefused, expand_paths
 from avlib.figures.plots import plot_timeline
-from avlib.models.detector import inference_model, video_to_model_input
+from avlib.models.detector import inference_model
 from avlib.scoring.calibration import apply_verdict, domain_verdict
-from avlib.scoring.scorer import is_sync_model, load_detector
-
-
-@dataclass(frozen=True)
-class InputLimits:
-    """What predict accepts from a file; each limit is a command-line flag."""
-    max_file_mb: float = 4096.0     # --max-file-mb: size of the file, MiB
-    max_side: int = 4096            # --max-side: width or height of a frame, pixels
-    max_duration: float = 3600.0    # --max-duration: duration in the header, seconds
-
-
-class InputRefused(ValueError):
-    """A file is over one of the InputLimits; the message names the limit and its flag."""
-
-
-def check_input(path: Path, limits: InputLimits) -> float | None:
-    """Check `path` against `limits` from its size and stream header, decoding no frame beyond
-    the limit; returns its duration in seconds (None when the header has none).
-
-    Raises InputRefused naming the limit and its flag, DecodeError for unreadable files."""
-    if not path.is_file():
-        raise DecodeError("file not found")
-    size_mb = path.stat().st_size / 2**20
-    if size_mb > limits.max_file_mb:
-        raise InputRefused(f"over --max-file-mb {limits.max_file_mb:g}: the file is {size_mb:,.1f} MiB "
-                           f"(nothing was read)")
-    side = limits.max_side
-    try:     # H.264's probe decodes a frame: max_pixels makes it refuse one over the limit instead
-        with av.open(str(path), options={"max_pixels": str(min(side * side, 2**31 - 1))}) as container:
-            if not container.streams.video:
-                raise DecodeError("no video stream (audio-only file)")
-            header = container.streams.video[0].codec_context
-            width, height = header.width, header.height
-            duration = container.duration / av.time_base if container.duration else None
-    except av.error.FFmpegError as e:
-        raise DecodeError(f"not a readable media file ({str(e).splitlines()[0][:200]})") from e
-    if max(width, height) > side:
-        raise InputRefused(f"over --max-side {side}: frames of {width}x{height} pixels (from the stream header; "
-                           f"no frame decoded)")
-    if not width or not height:
-        raise InputRefused(f"frame size unknown at --max-side {side}: the header gives none, and no frame of at "
-                           f"most {side}x{side} pixels decodes to tell")
-    if duration is not None and duration > limits.max_duration:
-        raise InputRefused(f"over --max-duration {limits.max_duration:g}: the file lasts {duration:,.0f} s "
-                           f"(no frame decoded)")
-    return duration
-
-
-def expand_paths(paths: list[str]) -> list[Path]:
-    """Files as given, folders expanded to the video files below them (sorted)."""
-    out = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            out += sorted(f for f in p.rglob("*") if f.suffix.lower() in VIDEO_EXTENSIONS and f.is_file())
-        else:
-            out.append(p)
-    return out
-
-
-def window_starts(duration: float | None, window_seconds: float, stride: float,
-                  max_windows: int | None = None) -> list[float]:
-    """Start times of windows that cover the whole of `duration`: one every `stride` seconds,
-    and the last aligned to the end (overlapping the one before) so that no second is left out;
-    the first `max_windows` only when a cap is asked for. At least one window."""
-    if not duration or duration <= window_seconds:
-        return [0.0]
-    n = int(np.floor((duration - window_seconds) / stride + 1e-9)) + 1
-    starts = [round(i * stride, 3) for i in range(n)]
-    last = round(duration - window_seconds, 3)
-    if starts[-1] < last - 1e-3:
-        starts.append(last)
-    return starts[:max_windows] if max_windows else starts
+from avlib.scoring.scorer import load_detector
+from avlib.scoring.videos import WindowPlan, score_videos, window_starts  # noqa: F401  (window_starts: also for users)
 
 
 def covered_seconds(windows: pd.DataFrame) -> float:
@@ -131,42 +66,17 @@ def covered_seconds(windows: pd.DataFrame) -> float:
 
 
 def score_file(model, path: Path, cfg: dict, device, *, stride: float | None = None, max_windows: int | None = None,
-               limits: InputLimits = InputLimits(), amp: bool = False) -> pd.DataFrame:
-    """One row per window: start, end, p_fake, has_audio, and for a sync model the estimated
-    audio-visual offset (offset_frames, offset_ms; positive when the audio lags the video),
-    its confidence (peak minus median similarity, as SyncNet) and the sync score (under bf16 autocast with `amp`, for a
-    model made by inference_model(amp=True)). Raises InputRefused for a file over `limits`
-    (checked before decoding), DecodeError for unreadable files."""
-    sync = is_sync_model(model)
-    window_seconds = cfg["frames"] / cfg["fps"]
-    duration = check_input(path, limits)
-    rows = []
-    for start in window_starts(duration, window_seconds, stride or window_seconds, max_windows):
-        clip = decode_clip(path, frames=cfg["frames"], size=cfg["size"], fps=cfg["fps"],
-                           sample_rate=cfg.get("sample_rate", 16000), face_crop=cfg.get("face_crop", False),
-                           offset=start, threads=1, max_pixels=limits.max_side ** 2)
-        mfcc = compute_mfcc(clip.audio, cfg.get("sample_rate", 16000), cfg["n_mfcc"], cfg["mfcc_steps"])
-        video = torch.from_numpy(np.ascontiguousarray(clip.video.transpose(3, 0, 1, 2)))[None]
-        inputs = [video_to_model_input(video, device), torch.from_numpy(mfcc)[None].to(device)]
-        if sync:
-            inputs.append(torch.from_numpy(np.ascontiguousarray(clip.audio, np.float32))[None].to(device))
-        with torch.no_grad(), torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=amp):
-            out = model(*inputs, with_sync=True) if sync else model(*inputs)
-        logits, sync_out = out if sync else (out, None)
-        row = {"start": start, "end": round(start + window_seconds, 3),
-               "p_fake": float(torch.softmax(logits.float(), 1)[0, 1]), "has_audio": clip.has_audio,
-               "valid_frames": clip.valid_frames}
-        if sync_out is not None:     # positive: the audio lags the video
-            offset = int(sync_out["offset"][0])
-            row.update(offset_frames=offset, offset_ms=round(1000.0 * offset / cfg["fps"], 1),
-                       offset_confidence=round(float(sync_out["confidence"][0]), 4),
-                       sync_score=round(float(sync_out["score"][0]), 4))
-        rows.append(row)
-        if clip.valid_frames < cfg["frames"]:
-            break
-    if not rows:
-        raise DecodeError("no window could be decoded")
-    return pd.DataFrame(rows).assign(duration=round(duration, 3) if duration else np.nan)
+               limits: InputLimits = InputLimits(), amp: bool = False, batch_size: int = 16) -> pd.DataFrame:
+    """One row per window of one file (avlib.scoring.videos.score_windows' columns), decoded once
+    and scored `batch_size` windows at a time. Raises InputRefused for a file over `limits`
+    (checked before decoding), DecodeError for an unreadable one."""
+    got = {}
+    score_videos(model, [path], WindowPlan(cfg, stride, max_windows, limits), device, batch_size=batch_size,
+                 amp=amp, on_video=lambda p, windows, error: got.update(windows=windows, error=error))
+    if got["error"]:
+        kind, _, reason = got["error"].partition(": ")
+        raise (InputRefused if kind == "InputRefused" else DecodeError)(reason)
+    return got["windows"]
 
 
 def run_verdict(checkpoint: Path) -> dict:
@@ -200,7 +110,8 @@ def calibrate_on(model, folder: list[str], verdict: dict, cfg: dict, device, *, 
     for path in expand_paths(folder):
         try:
             rows.append(video_scores(path, score_file(model, path, cfg, device, stride=args.stride,
-                                                      max_windows=args.max_windows, limits=limits, amp=amp)))
+                                                      max_windows=args.max_windows, limits=limits, amp=amp,
+                                                      batch_size=args.batch_size)))
         except (DecodeError, InputRefused, av.error.FFmpegError) as e:
             print(f"calibration video {path} not used: {type(e).__name__}: {e}", file=sys.stderr)
     if len(rows) < 2:
@@ -235,6 +146,15 @@ def main(argv=None) -> int:
     parser.add_argument("--target-fpr", type=_fraction, default=0.05,
                         help="with --calibrate-on: the rate of your real videos that may be called fake (default "
                              "%(default)g; a sync model gives half to its sync evidence)")
+    parser.add_argument("--batch-size", type=_positive(int), default=16,
+                        help="windows scored at a time, across videos (default %(default)d)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="processes decoding videos ahead of the model (0: none; default %(default)d)")
+    parser.add_argument("--resume", action="store_true",
+                        help="with --csv: keep the videos already in it and score only the others")
+    parser.add_argument("--shard", type=_shard, metavar="K/N",
+                        help="score only the K-th of N shares of the videos (K from 0; e.g. SLURM_ARRAY_TASK_ID/N): "
+                             "the N outputs together are one run's")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--amp", default="auto", choices=["auto", "true", "false"],
                         help="bf16 autocast; auto (default): only where the hardware computes in bf16 natively")
@@ -245,6 +165,8 @@ def main(argv=None) -> int:
     parser.add_argument("--max-duration", type=_positive(float), default=InputLimits.max_duration,
                         help="refuse files lasting longer than this many seconds (default %(default)g)")
     args = parser.parse_args(argv)
+    if args.resume and not args.csv:
+        parser.error("--resume continues the file given with --csv: name it")
     limits = InputLimits(args.max_file_mb, args.max_side, args.max_duration)
 
     model, state = load_detector(args.checkpoint, args.device)
@@ -267,33 +189,36 @@ def main(argv=None) -> int:
     if args.threshold is not None:
         verdict = {**verdict, "threshold": args.threshold}
     threshold = verdict["threshold"]
-    results, all_windows = [], []
-    for path in tqdm(expand_paths(args.paths), desc="scoring", unit="video", disable=not sys.stderr.isatty()):
-        try:
-            windows = score_file(model, path, cfg, device, stride=args.stride, max_windows=args.max_windows,
-                                 limits=limits, amp=amp)
-        except Exception as e:  # noqa: BLE001 - one unreadable file must not stop the others; it is reported
-            results.append({"path": str(path), "p_fake": np.nan, "p_fake_max": np.nan, "label": "ERROR",
-                            "windows": 0, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"})
-            continue
-        windows = apply_verdict(verdict, windows.assign(label=0))
-        video = apply_verdict(verdict, pd.DataFrame([video_scores(path, windows.assign(p_fake=windows["p_fake_raw"]))]))
-        decided = video.iloc[0]
-        duration = float(windows["duration"].iloc[0])
-        covered = covered_seconds(windows)
-        if duration == duration and covered < duration - 0.05:          # NaN: no duration in the header
-            print(f"warning: {path}: scored {covered:.1f} s of its {duration:.1f} s"
+    paths = sorted(expand_paths(args.paths), key=str)
+    if args.shard:
+        k, n = args.shard
+        paths = [p for i, p in enumerate(paths) if i % n == k]
+    out = ResultsFile(args.csv, resume=args.resume)
+    todo = [p for p in paths if str(p) not in out.done]
+    if out.done:
+        print(f"resuming: {len(paths) - len(todo)} of {len(paths)} videos already in {args.csv}", file=sys.stderr)
+    windows_file = ResultsFile(args.windows, resume=args.resume, columns=None) if args.windows else None
+    progress = VideoProgress(len(todo), enabled=sys.stderr.isatty())
+
+    def finished(path: Path, windows: pd.DataFrame | None, error: str) -> None:
+        if windows is None:
+            out.append({"path": str(path), "label": "ERROR", "windows": 0, "error": error})
+            progress.update(0.0)
+            return
+        row, windows = video_verdict(path, windows, verdict)
+        if row["covered_seconds"] < row["duration"] - 0.05:          # False for NaN: no duration in the header
+            print(f"warning: {path}: scored {row['covered_seconds']:.1f} s of its {row['duration']:.1f} s"
                   + (f" (--max-windows {args.max_windows})" if args.max_windows else ""), file=sys.stderr)
-        results.append({"path": str(path), "p_fake": round(float(decided["p_fake"]), 4),
-                        "p_fake_max": round(float(windows["p_fake"].max()), 4),
-                        "label": "FAKE" if decided["pred"] else "REAL", "windows": len(windows),
-                        "duration": duration, "covered_seconds": covered, "error": "",
-                        **({"sync_score": round(float(decided["sync_score"]), 4),
-                            "offset_ms_median": float(windows["offset_ms"].median())} if "offset_ms" in windows else {})})
-        all_windows.append(windows.drop(columns=["label"]).assign(path=str(path)))
+        out.append(row)
+        if windows_file is not None:
+            windows_file.append_frame(windows.drop(columns=["label"]).assign(path=str(path)))
         if args.timeline:
             plot_timeline(windows, args.timeline / f"{path.stem}_timeline.png", path.name, threshold)
-    table = pd.DataFrame(results)
+        progress.update(covered_seconds(windows))
+
+    score_videos(model, todo, WindowPlan(cfg, args.stride, args.max_windows, limits), device,
+                 batch_size=args.batch_size, workers=args.workers, amp=amp, on_video=finished)
+    table = out.table()
     with pd.option_context("display.max_colwidth", 60, "display.width", 160):
         sync = verdict.get("sync")
         print(f"threshold {threshold:.3f} on calibrated P(fake) ({verdict['calibration']['method']} calibration)"
@@ -301,13 +226,97 @@ def main(argv=None) -> int:
         print(table.to_string(index=False))
     for row in table[table["label"] == "ERROR"].itertuples():
         print(f"{row.path}: {row.error}", file=sys.stderr)
-    if args.csv:
-        table.to_csv(args.csv, index=False)
     if args.json:
         args.json.write_text(table.to_json(orient="records", indent=2))
-    if args.windows and all_windows:
-        pd.concat(all_windows).to_csv(args.windows, index=False)
     return 1 if (table["label"] == "ERROR").any() else 0
+
+
+RESULT_COLUMNS = ["path", "p_fake", "p_fake_max", "label", "windows", "duration", "covered_seconds", "sync_score",
+                  "offset_ms_median", "error"]
+
+
+def video_verdict(path: Path, windows: pd.DataFrame, verdict: dict) -> tuple[dict, pd.DataFrame]:
+    """(the video's row, its windows with calibrated P(fake) and the verdict per window). The
+    video's verdict is taken on its windows' mean P(fake) (and mean sync score)."""
+    windows = apply_verdict(verdict, windows.assign(label=0))
+    video = apply_verdict(verdict, pd.DataFrame([video_scores(path, windows.assign(p_fake=windows["p_fake_raw"]))]))
+    decided = video.iloc[0]
+    row = {"path": str(path), "p_fake": round(float(decided["p_fake"]), 4),
+           "p_fake_max": round(float(windows["p_fake"].max()), 4), "label": "FAKE" if decided["pred"] else "REAL",
+           "windows": len(windows), "duration": float(windows["duration"].iloc[0]),
+           "covered_seconds": covered_seconds(windows), "error": ""}
+    if "sync_score" in windows:
+        row.update(sync_score=round(float(decided["sync_score"]), 4),
+                   offset_ms_median=float(windows["offset_ms"].median()))
+    return row, windows
+
+
+class ResultsFile:
+    """A CSV that gets one row per video as soon as the video is done (flushed and synced to
+    disk), so that a killed run loses only the videos in flight; with `resume`, the rows already
+    there are kept (a last line cut by the kill is dropped) and their paths are `done`. Why CSV,
+    not Parquet: a row appended is complete on its own and readable with any tool, where a
+    Parquet file is written whole or in row groups. None for no file: rows are kept in memory."""
+
+    def __init__(self, path: Path | None, *, resume: bool = False, columns: list[str] | None = RESULT_COLUMNS):
+        self.path, self.columns, self.rows = path, columns, []
+        self.done: set[str] = set()
+        if path is None:
+            return
+        if resume and path.is_file() and path.stat().st_size:
+            text = path.read_text()
+            if not text.endswith("\n"):                      # the line a kill cut short
+                path.write_text(text[: text.rfind("\n") + 1])
+            if self.columns is not None:
+                self.done = set(pd.read_csv(path, keep_default_na=False)["path"].astype(str))
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("")
+
+    def append(self, row: dict) -> None:
+        self.append_frame(pd.DataFrame([{c: row.get(c, "") for c in self.columns}]))
+
+    def append_frame(self, frame: pd.DataFrame) -> None:
+        self.rows.append(frame)
+        if self.path is None:
+            return
+        header = self.path.stat().st_size == 0
+        with open(self.path, "a", encoding="utf-8") as f:
+            frame.to_csv(f, index=False, header=header)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def table(self) -> pd.DataFrame:
+        if self.path is not None:
+            return pd.read_csv(self.path, keep_default_na=False) if self.path.stat().st_size else \
+                pd.DataFrame(columns=self.columns)
+        return pd.concat(self.rows, ignore_index=True) if self.rows else pd.DataFrame(columns=self.columns)
+
+
+class VideoProgress(ProgressLines):
+    """ProgressLines over videos that also counts the seconds of video scored: videos done,
+    seconds of video per second, ETA; a line at most every 15 s."""
+
+    def __init__(self, total: int, **kwargs):
+        super().__init__("predict", total, unit="videos", **kwargs)
+        self.seconds = 0.0
+
+    def update(self, seconds: float = 0.0) -> None:
+        self.seconds += seconds
+        super().update(1)
+
+    def line(self, now: float | None = None) -> str:
+        elapsed = (self.clock() if now is None else now) - self.start
+        return (f"{super().line(now)}; {self.seconds:,.0f} s of video, "
+                f"{self.seconds / elapsed if elapsed > 0 else float('nan'):.1f} s of video per second")
+
+
+def _shard(text: str) -> tuple[int, int]:
+    """An argparse type: 'K/N', the K-th (from 0) of N shards."""
+    k, _, n = text.partition("/")
+    if not (k.isdigit() and n.isdigit() and 0 <= int(k) < int(n)):
+        raise argparse.ArgumentTypeError(f"must be K/N with 0 <= K < N (e.g. 0/4 .. 3/4), got {text}")
+    return int(k), int(n)
 
 
 def _fraction(text: str) -> float:

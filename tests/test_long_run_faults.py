@@ -29,7 +29,7 @@ from avlib.data.loader import CachedClips, make_loader
 from avlib.data.media import write_video
 from avlib.data.preprocess import preprocess, settings, write_dummy_cache
 from avlib.models.detector import build_model, model_config
-from avlib.predict import InputLimits, InputRefused, check_input
+from avlib.data.inputs import InputLimits, InputRefused, check_input
 from avlib.predict import main as predict_main
 from avlib.training.loop import LoaderWorkerError, fit, load_resume_state
 from tests.conftest import face_frames, tone
@@ -290,7 +290,7 @@ MEASURE = textwrap.dedent("""
     sys.path.insert(0, {root!r})
     import av
     import avlib.data.decode       # imported by check_input: loads OpenCV (40 MB), not what is measured here
-    from avlib.predict import InputLimits, InputRefused, check_input
+    from avlib.data.inputs import InputLimits, InputRefused, check_input
 
     def peak_growth(action):     # MB the peak RSS grows by during action (Linux: clear_refs 5 resets the peak)
         pathlib.Path("/proc/self/clear_refs").write_text("5")

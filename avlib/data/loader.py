@@ -192,6 +192,19 @@ def make_loader(dataset: Dataset, *, batch_size: int, train: bool, workers: int 
                       worker_init_fn=_leave_inherited_objects_alone if workers > 0 else None)
 
 
+def stream_loader(dataset, *, workers: int = 0, prefetch: int = 4) -> DataLoader:
+    """A loader for an IterableDataset that yields finished items one by one (no batching, no
+    collation: numpy arrays stay numpy), in `workers` processes that keep at most `prefetch`
+    items each ahead of the consumer, with the same fork hygiene as make_loader."""
+    return _CollectingLoader(dataset, batch_size=None, collate_fn=_as_is, num_workers=workers,
+                             prefetch_factor=prefetch if workers else None,
+                             worker_init_fn=_leave_inherited_objects_alone if workers > 0 else None)
+
+
+def _as_is(item):
+    return item
+
+
 class _CollectingLoader(DataLoader):
     """A DataLoader that collects the parent's garbage each time it starts its workers, so that
     earlier loaders' iterators die in the parent, not in these workers (see below)."""
