@@ -14,9 +14,20 @@ import pytest
 from avlib.data.media import write_video
 from avlib.predict import main as predict_main
 from tests.conftest import face_frames, tone
-from tests.test_evaluate import _checkpoint
+from avlib.core.checkpoint import save_checkpoint
+from avlib.data.preprocess import settings
+from avlib.models.detector import build_model, model_config
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _checkpoint(tmp):
+    """Untrained weights of the small framediff model, with the preprocessing it would have used."""
+    model = build_model(video_encoder="framediff")
+    path = tmp / "run" / "checkpoints" / "best.pt"
+    save_checkpoint(path, {"model": model.state_dict(), "model_config": model_config(model), "epoch": 1,
+                           "preprocess": settings(frames=8, size=16, fps=8, n_mfcc=40, mfcc_steps=10)})
+    return path
 
 
 @pytest.fixture(scope="module")
