@@ -148,8 +148,9 @@ def main(argv=None) -> int:
                              "%(default)g; a sync model gives half to its sync evidence)")
     parser.add_argument("--batch-size", type=_positive(int), default=16,
                         help="windows scored at a time, across videos (default %(default)d)")
-    parser.add_argument("--workers", type=int, default=2,
-                        help="processes decoding videos ahead of the model (0: none; default %(default)d)")
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                        help="processes decoding videos ahead of the model (0: decode in this process; default "
+                             "%(default)d: the cores beyond two, at most 4, so that the model keeps two)")
     parser.add_argument("--resume", action="store_true",
                         help="with --csv: keep the videos already in it and score only the others")
     parser.add_argument("--shard", type=_shard, metavar="K/N",
@@ -231,6 +232,9 @@ def main(argv=None) -> int:
     return 1 if (table["label"] == "ERROR").any() else 0
 
 
+# On 2 cores, decoding workers slowed predict down (46 against 54 s of video per second at 224x224, 12 against
+# 15 at 720x720: python -m avlib.bench predict): the model and the decoders shared the two cores
+DEFAULT_WORKERS = max(0, min(4, (os.cpu_count() or 1) - 2))
 RESULT_COLUMNS = ["path", "p_fake", "p_fake_max", "label", "windows", "duration", "covered_seconds", "sync_score",
                   "offset_ms_median", "error"]
 

@@ -68,10 +68,13 @@ class VideoWindows(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         mine = range(len(self.paths)) if info is None else range(info.id, len(self.paths), info.num_workers)
+        # in a worker, one decoding thread (the workers are the parallelism); in the calling process,
+        # FFmpeg's threads (the model waits for the decoder there anyway)
+        threads = 0 if info is None else 1
         for index in mine:
-            yield from self._windows(index)
+            yield from self._windows(index, threads)
 
-    def _windows(self, index: int) -> Iterator[dict]:
+    def _windows(self, index: int, threads: int = 1) -> Iterator[dict]:
         cfg, path = self.plan.cfg, self.paths[index]
         rate = cfg.get("sample_rate", 16000)
         try:
@@ -80,7 +83,7 @@ class VideoWindows(IterableDataset):
                                    self.plan.max_windows)
             previous = None
             for clip in stream_windows(path, starts, frames=cfg["frames"], size=cfg["size"], fps=cfg["fps"],
-                                       sample_rate=rate, face_crop=cfg.get("face_crop", False), threads=1,
+                                       sample_rate=rate, face_crop=cfg.get("face_crop", False), threads=threads,
                                        max_pixels=self.plan.limits.max_side ** 2):
                 if previous is not None:
                     yield previous
