@@ -50,6 +50,17 @@ def decode_clip(path: str | Path, *, frames: int = 128, size: int = 112, fps: fl
     Raises DecodeError with a one-line reason for unusable files.
     """
     path = Path(path)
+    container = open_media(path, max_pixels)
+    try:
+        return _decode(container, frames, size, fps, sample_rate, window, skip_silence, face_crop, path, threads,
+                       offset)
+    finally:
+        container.close()
+
+
+def open_media(path: Path, max_pixels: int = 0):
+    """The PyAV container of `path`, its video decoder refusing frames over `max_pixels` (> 0).
+    Raises DecodeError with a one-line reason for a missing, empty or unreadable file."""
     if not path.is_file():
         raise DecodeError("file not found")
     if path.stat().st_size == 0:
@@ -60,11 +71,7 @@ def decode_clip(path: str | Path, *, frames: int = 128, size: int = 112, fps: fl
         raise DecodeError(f"not a readable media file ({_short(e)})") from e
     if max_pixels and container.streams.video:
         container.streams.video[0].codec_context.options = {"max_pixels": str(min(max_pixels, 2**31 - 1))}
-    try:
-        return _decode(container, frames, size, fps, sample_rate, window, skip_silence, face_crop, path, threads,
-                       offset)
-    finally:
-        container.close()
+    return container
 
 
 def _decode(container, frames, size, fps, sample_rate, window, skip_silence, face_crop, path, threads, offset=None):

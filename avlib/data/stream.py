@@ -17,7 +17,7 @@ from typing import Iterator
 import av
 import numpy as np
 
-from avlib.data.decode import SAMPLE_RATE, DecodedClip, DecodeError, _FramePicker, _short
+from avlib.data.decode import SAMPLE_RATE, DecodedClip, DecodeError, _FramePicker, open_media
 
 LEAD = 1.0          # seconds before a window's first grid time at which its picker starts to watch the frames
 
@@ -78,21 +78,11 @@ def stream_windows(path: str | Path, starts: list[float], *, frames: int = 128, 
     """The window of `frames` / `fps` seconds at each of `starts` (seconds from the first video
     frame, ascending), in order, decoding `path` once. A window past the last frame is not
     yielded. Raises DecodeError with a one-line reason for an unusable file."""
-    path = Path(path)
-    if not path.is_file():
-        raise DecodeError("file not found")
-    if path.stat().st_size == 0:
-        raise DecodeError("empty file (0 bytes)")
-    try:
-        container = av.open(str(path))
-    except av.error.FFmpegError as e:
-        raise DecodeError(f"not a readable media file ({_short(e)})") from e
+    container = open_media(Path(path), max_pixels)
     try:
         if not container.streams.video:
             raise DecodeError("no video stream (audio-only file)")
         vstream = container.streams.video[0]
-        if max_pixels:
-            vstream.codec_context.options = {"max_pixels": str(min(max_pixels, 2**31 - 1))}
         if threads == 1:
             vstream.codec_context.thread_count = 1
         else:
