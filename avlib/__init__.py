@@ -4,7 +4,7 @@ Data flows one way: index -> split -> decode + features -> cache -> Dataset -> m
 -> evaluate -> plots, and so do the imports, layer by layer (lowest first):
 
     core        errors, parameters, paths and files, locks, progress, device and precision, checkpoints
-    data        indexers, splits, decoding, features, the clip cache, loaders, augmentation, synthetic corpus
+    dataio      indexers, splits, decoding, features, the clip cache, loaders, augmentation, synthetic corpus
     models      the detector and its sync branch
     scoring     batched prediction, the inference copy of a checkpoint, metrics
     training    the training loop           evaluation   a run's metrics, external sets, the shortcut audit

@@ -8,7 +8,7 @@
 
 preprocess: the same clips processed two ways in one run. The seed's way: OpenCV frame reads
 resized to 112x112, audio extracted to WAV by an ffmpeg process and loaded by librosa (22.05 kHz),
-MFCC, float32 .npy files, one process. Ours: avlib.data.preprocess (PyAV single pass, uint8 cache,
+MFCC, float32 .npy files, one process. Ours: avlib.dataio.preprocess (PyAV single pass, uint8 cache,
 `workers` processes). Then a warm-cache DataLoader read of our cache. Clips are synthetic
 talking faces of 224x224 at 25 fps, 6 s long, encoded H.264/AAC.
 
@@ -50,11 +50,11 @@ import librosa
 import numpy as np
 
 from avlib.core.runtime import cpu_description, pick_device, resolve_amp, tune_allocator
-from avlib.data.decode import decode_clip
-from avlib.data.features import compute_mfcc
-from avlib.data.indexers import index_dataset
-from avlib.data.preprocess import preprocess, settings, write_dummy_cache
-from avlib.data.synthetic import CorpusSpec, generate_corpus
+from avlib.dataio.decode import decode_clip
+from avlib.dataio.features import compute_mfcc
+from avlib.dataio.indexers import index_dataset
+from avlib.dataio.preprocess import preprocess, settings, write_dummy_cache
+from avlib.dataio.synthetic import CorpusSpec, generate_corpus
 
 
 def seed_preprocess(paths: list[Path], out_dir: Path, frames: int = 128, size: int = 112, n_mfcc: int = 40,
@@ -108,7 +108,7 @@ def bench_preprocess(clips: int, workers: int) -> dict:
 
         import torch  # deferred: loaded only now, as the decoding pool forks only without torch (module docstring)
 
-        from avlib.data.loader import CachedClips, make_loader  # deferred: loads torch
+        from avlib.dataio.loader import CachedClips, make_loader  # deferred: loads torch
 
         ds = CachedClips(tmp / "cache", "all")
         loader = make_loader(ds, batch_size=8, train=True, workers=workers)
@@ -274,13 +274,13 @@ def bench_train(frames: int, size: int, batch: int, steps: int, repeats: int = 3
 
 def bench_fit(frames: int, size: int, batch: int, clips: int, workers: int, epochs: int, device: str,
               compile: bool = False) -> dict:
-    """The real training path end to end: a cache of random clips written through avlib.data.cache,
+    """The real training path end to end: a cache of random clips written through avlib.dataio.cache,
     make_loader (pinned memory on CUDA, `workers` processes) and `fit` with amp: auto (bf16 where
     the hardware computes in it) and channels_last_3d, as 03_train runs it. Reports the last epoch's training clips/s from
     history.csv, and what the loader alone delivers from the warm cache."""
     import torch  # deferred: loads torch
 
-    from avlib.data.loader import CachedClips, make_loader  # deferred: loads torch
+    from avlib.dataio.loader import CachedClips, make_loader  # deferred: loads torch
     from avlib.models.detector import build_model  # deferred: loads torch
     from avlib.training.loop import fit  # deferred: loads torch
 
@@ -338,7 +338,7 @@ def bf16_agreement(batch: int, frames: int, size: int, checkpoint: str | None, c
 
     dev = torch.device(device)
     if checkpoint and cache_dir:
-        from avlib.data.loader import CachedClips, make_loader  # deferred: loads torch
+        from avlib.dataio.loader import CachedClips, make_loader  # deferred: loads torch
         from avlib.scoring.scorer import load_detector  # deferred: loads torch
 
         model, _ = load_detector(checkpoint, device)
@@ -347,7 +347,7 @@ def bf16_agreement(batch: int, frames: int, size: int, checkpoint: str | None, c
     else:
         from torch.utils.data import DataLoader  # deferred: loads torch
 
-        from avlib.data.loader import RandomClips  # deferred: loads torch
+        from avlib.dataio.loader import RandomClips  # deferred: loads torch
 
         model = build_model().to(dev).eval()
         loader = DataLoader(RandomClips(64, frames, size), batch_size=batch)

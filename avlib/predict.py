@@ -20,7 +20,7 @@ clip called fake whatever P(fake) says. --calibrate-on sets the thresholds on yo
 videos instead, at --target-fpr; --threshold overrides the P(fake) threshold. Unreadable files
 are reported and the rest scored; the exit status is 1 when any file failed.
 
-Large folders: each file is decoded once, from its start (avlib.data.stream), in `--workers`
+Large folders: each file is decoded once, from its start (avlib.dataio.stream), in `--workers`
 processes ahead of the model; windows are scored `--batch-size` at a time across files
 (avlib.scoring.videos), so memory holds a few windows per worker whatever the videos' length.
 Each video's row is appended to --csv as soon as it is done: after a kill, `--resume` keeps
@@ -47,8 +47,8 @@ import pandas as pd
 
 from avlib.core.progress import ProgressLines
 from avlib.core.runtime import resolve_amp, tune_allocator
-from avlib.data.decode import DecodeError
-from avlib.data.inputs import InputLimits, InputRefused, expand_paths
+from avlib.dataio.decode import DecodeError
+from avlib.dataio.inputs import InputLimits, InputRefused, expand_paths
 from avlib.figures.plots import plot_timeline
 from avlib.models.detector import inference_model
 from avlib.scoring.calibration import apply_verdict, domain_verdict

@@ -33,7 +33,7 @@ def tone(seconds: float, rate: int = 16000, freq: float = 440.0, channels: int =
 @pytest.fixture
 def make_video(tmp_path):
     """make_video(name, n_frames=50, fps=25, seconds=None, audio=True, ...) -> Path of a real encoded file."""
-    from avlib.data.media import write_video
+    from avlib.dataio.media import write_video
 
     def make(name: str = "clip.mp4", n_frames: int = 50, fps: float = 25.0, *, audio: bool = True,
              h: int = 64, w: int = 64, rate: int = 16000, channels: int = 1, **kwargs):

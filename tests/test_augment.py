@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from avlib.core.errors import ParameterError
-from avlib.data.augment import augment_clip, parse_augment, self_blend
-from avlib.data.loader import CachedClips, make_loader
-from avlib.data.preprocess import settings, write_dummy_cache
+from avlib.dataio.augment import augment_clip, parse_augment, self_blend
+from avlib.dataio.loader import CachedClips, make_loader
+from avlib.dataio.preprocess import settings, write_dummy_cache
 from avlib.stages.parameters import check
 
 

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
-from avlib.data.loader import CachedClips, make_loader
-from avlib.data.preprocess import settings, write_dummy_cache
+from avlib.dataio.loader import CachedClips, make_loader
+from avlib.dataio.preprocess import settings, write_dummy_cache
 from avlib.evaluation.evaluate import evaluate_run
 from avlib.models.detector import build_model, inference_model
 from avlib.scoring.forward import predict

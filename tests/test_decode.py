@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from avlib.data.decode import DecodeError, decode_clip, leading_silence_seconds
-from avlib.data.features import compute_mfcc, mfcc_hop
-from avlib.data.media import write_video
+from avlib.dataio.decode import DecodeError, decode_clip, leading_silence_seconds
+from avlib.dataio.features import compute_mfcc, mfcc_hop
+from avlib.dataio.media import write_video
 from tests.conftest import face_frames, tone
 
 
@@ -99,7 +99,7 @@ def test_long_video_decodes_only_the_window(tmp_path):
     frames = [np.full((480, 640, 3), i % 255, np.uint8) for i in range(0, 25 * 120, 25 * 4)]   # sparse content
     path = tmp_path / "long.mp4"
     # 2 minutes of 640x480 at 25 fps: write frames repeatedly
-    from avlib.data.media import write_video as wv
+    from avlib.dataio.media import write_video as wv
     all_frames = (frames[i // 100] for i in range(25 * 120))
     wv(path, list(all_frames), 25, tone(120.0), 16000, crf=35)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -171,7 +171,7 @@ def test_mfcc_has_exactly_the_requested_steps():
 
 
 def test_face_crop_follows_the_face_and_falls_back_to_the_centre(tmp_path):
-    from avlib.data.face import smooth_boxes
+    from avlib.dataio.face import smooth_boxes
 
     boxes = smooth_boxes([(10, 10, 20), None, (12, 10, 20), None, (90, 90, 20), None, (14, 10, 20)], 7)
     assert boxes.shape == (7, 3)

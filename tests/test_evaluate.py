@@ -9,17 +9,17 @@ import pytest
 
 from avlib.core.checkpoint import save_checkpoint
 from avlib.core.errors import ParameterError
-from avlib.data.cache import read_index
-from avlib.data.indexers import index_dataset
-from avlib.data.media import write_video
-from avlib.data.preprocess import preprocess, settings, write_dummy_cache
-from avlib.data.synthetic import CorpusSpec, generate_corpus
+from avlib.dataio.cache import read_index
+from avlib.dataio.indexers import index_dataset
+from avlib.dataio.media import write_video
+from avlib.dataio.preprocess import preprocess, settings, write_dummy_cache
+from avlib.dataio.synthetic import CorpusSpec, generate_corpus
 from avlib.evaluation.audit import shortcut_baseline
 from avlib.evaluation.evaluate import external_metrics, external_sets, generalization_report, update_comparison
 from avlib.figures.plots import plot_roc_overlay
 from avlib.models.detector import build_model, model_config
-from avlib.predict import main as predict_main
 from avlib.predict import covered_seconds, window_starts
+from avlib.predict import main as predict_main
 from avlib.scoring.calibration import apply_verdict
 from avlib.scoring.metrics import choose_threshold, evaluation_report
 from avlib.stages import evaluate_stage

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from avlib.core.checkpoint import load_checkpoint
-from avlib.data.preprocess import settings, write_dummy_cache
+from avlib.dataio.preprocess import settings, write_dummy_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 3                      # the epoch fault strikes in the last epoch, the save fault in the second
@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent("""
     import sys, time, pathlib, torch
     sys.path.insert(0, {root!r})
     import avlib.training.loop as T
-    from avlib.data.loader import CachedClips, make_loader
+    from avlib.dataio.loader import CachedClips, make_loader
     from avlib.models.detector import build_model
     cache, run, fault, marker = sys.argv[1], sys.argv[2], sys.argv[3], pathlib.Path(sys.argv[4])
 

@@ -10,7 +10,7 @@ import torch
 
 from avlib.core.checkpoint import save_checkpoint
 from avlib.core.paths import write_csv, write_json
-from avlib.data.cache import write_clip
+from avlib.dataio.cache import write_clip
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "avlib"
 # Lowest first. A module may import from its own sub-package and from layers below; modules
 # sharing a layer (training and evaluation) never import each other. The commands
 # (python -m avlib.X) sit on top, the reference runs' assembly (pipeline --reference) below them.
-LAYERS = (("core",), ("data",), ("models",), ("scoring",), ("training", "evaluation"), ("figures",), ("stages",),
+LAYERS = (("core",), ("dataio",), ("models",), ("scoring",), ("training", "evaluation"), ("figures",), ("stages",),
           ("reference",), ("pipeline", "predict", "bench", "train"))
 
 
@@ -130,7 +130,7 @@ def test_the_checks_catch_an_upward_import_and_a_cycle():
     assert cycles(graph) == [["avlib.core.paths", "avlib.stages.common", "avlib.core.paths"]]
 
 
-@pytest.mark.parametrize("package", ["core", "data", "models", "scoring", "training", "evaluation", "stages"])
+@pytest.mark.parametrize("package", ["core", "dataio", "models", "scoring", "training", "evaluation", "stages"])
 def test_each_re_exported_name_is_where_its_package_says(package):
     import importlib
 

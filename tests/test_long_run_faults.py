@@ -22,14 +22,14 @@ from avlib import stages
 from avlib.core.checkpoint import load_checkpoint, save_checkpoint
 from avlib.core.locking import LockedError, lock_files, writer_lock
 from avlib.core.paths import DiskFullError, read_json, write_json
-from avlib.data.cache import VIDEO_FILE, is_cached
-from avlib.data.decode import decode_clip
-from avlib.data.indexers import index_dataset
-from avlib.data.loader import CachedClips, make_loader
-from avlib.data.media import write_video
-from avlib.data.preprocess import preprocess, settings, write_dummy_cache
+from avlib.dataio.cache import VIDEO_FILE, is_cached
+from avlib.dataio.decode import decode_clip
+from avlib.dataio.indexers import index_dataset
+from avlib.dataio.inputs import InputLimits, InputRefused, check_input
+from avlib.dataio.loader import CachedClips, make_loader
+from avlib.dataio.media import write_video
+from avlib.dataio.preprocess import preprocess, settings, write_dummy_cache
 from avlib.models.detector import build_model, model_config
-from avlib.data.inputs import InputLimits, InputRefused, check_input
 from avlib.predict import main as predict_main
 from avlib.training.loop import LoaderWorkerError, fit, load_resume_state
 from tests.conftest import face_frames, tone
@@ -289,8 +289,8 @@ MEASURE = textwrap.dedent("""
     import pathlib, re, sys
     sys.path.insert(0, {root!r})
     import av
-    import avlib.data.decode       # imported by check_input: loads OpenCV (40 MB), not what is measured here
-    from avlib.data.inputs import InputLimits, InputRefused, check_input
+    import avlib.dataio.decode       # imported by check_input: loads OpenCV (40 MB), not what is measured here
+    from avlib.dataio.inputs import InputLimits, InputRefused, check_input
 
     def peak_growth(action):     # MB the peak RSS grows by during action (Linux: clear_refs 5 resets the peak)
         pathlib.Path("/proc/self/clear_refs").write_text("5")

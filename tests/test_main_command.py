@@ -94,9 +94,9 @@ def test_heartbeat_speaks_during_a_long_epoch_and_passes_the_loader_through():
 
 
 def test_preprocess_reports_clips_done_and_rate(tmp_path, capsys):
-    from avlib.data.indexers import index_dataset
-    from avlib.data.media import write_video
-    from avlib.data.preprocess import preprocess, settings
+    from avlib.dataio.indexers import index_dataset
+    from avlib.dataio.media import write_video
+    from avlib.dataio.preprocess import preprocess, settings
     from tests.conftest import face_frames, tone
 
     for label in ("real", "fake"):

@@ -11,12 +11,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from avlib.data.media import write_video
+from avlib.core.checkpoint import save_checkpoint
+from avlib.dataio.media import write_video
+from avlib.dataio.preprocess import settings
+from avlib.models.detector import build_model, model_config
 from avlib.predict import main as predict_main
 from tests.conftest import face_frames, tone
-from avlib.core.checkpoint import save_checkpoint
-from avlib.data.preprocess import settings
-from avlib.models.detector import build_model, model_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 import torch
 
-from avlib.data import cache
-from avlib.data.indexers import index_dataset, read_fakeavceleb_metadata
-from avlib.data.loader import CachedClips, make_loader
-from avlib.data.media import write_video
-from avlib.data.preprocess import preprocess, settings
-from avlib.data.splits import SplitLeakError, assign_splits, audit_splits
+from avlib.dataio import cache
+from avlib.dataio.indexers import index_dataset, read_fakeavceleb_metadata
+from avlib.dataio.loader import CachedClips, make_loader
+from avlib.dataio.media import write_video
+from avlib.dataio.preprocess import preprocess, settings
+from avlib.dataio.splits import SplitLeakError, assign_splits, audit_splits
 from tests.conftest import face_frames, tone
 
 CONFIG = settings(frames=8, size=16, fps=25, n_mfcc=40, mfcc_steps=10)
@@ -70,7 +70,7 @@ def test_cache_refuses_other_settings(tmp_path):
 def test_a_killed_run_leaves_no_entry_a_reader_accepts(tmp_path):
     data = _folder_corpus(tmp_path / "data", n_ident=6)
     script = (f"import sys; sys.path.insert(0, {str(os.getcwd())!r})\n"
-              "from avlib.data.indexers import index_dataset\nfrom avlib.data.preprocess import preprocess, settings\n"
+              "from avlib.dataio.indexers import index_dataset\nfrom avlib.dataio.preprocess import preprocess, settings\n"
               f"r = index_dataset('folder', {str(data)!r})\n"
               f"preprocess(r, {str(data)!r}, {str(tmp_path / 'cache')!r}, "
               "settings(frames=8, size=16, fps=25, n_mfcc=40, mfcc_steps=10), workers=1, progress=False)\n")

@@ -10,8 +10,8 @@ from torch import nn
 
 from avlib.core.checkpoint import save_checkpoint
 from avlib.core.paths import write_csv
-from avlib.data.cache import read_index
-from avlib.data.preprocess import settings, write_dummy_cache
+from avlib.dataio.cache import read_index
+from avlib.dataio.preprocess import settings, write_dummy_cache
 from avlib.figures import plots, showcase
 
 

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from avlib.data.decode import decode_clip
-from avlib.data.features import compute_mfcc
-from avlib.data.media import write_video
-from avlib.data.stream import _RollingAudio, stream_windows
+from avlib.dataio.decode import decode_clip
+from avlib.dataio.features import compute_mfcc
+from avlib.dataio.media import write_video
+from avlib.dataio.stream import _RollingAudio, stream_windows
 from avlib.models.detector import build_model, inference_model
 from avlib.predict import score_file, window_starts
 from tests.conftest import face_frames, tone

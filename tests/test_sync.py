@@ -7,9 +7,9 @@ from sklearn.metrics import roc_auc_score
 
 from avlib import stages
 from avlib.core.params import ParameterError
-from avlib.data.cache import CacheError
-from avlib.data.loader import CachedClips, make_loader
-from avlib.data.preprocess import settings, write_dummy_cache
+from avlib.dataio.cache import CacheError
+from avlib.dataio.loader import CachedClips, make_loader
+from avlib.dataio.preprocess import settings, write_dummy_cache
 from avlib.models.detector import build_model, count_parameters, inference_model, model_config
 from avlib.models.sync import SyncBranch, check_sync_window, sync_loss, sync_offsets
 from avlib.scoring.forward import predict
@@ -58,7 +58,7 @@ def _talking_faces(n, first, fps, frames, delays=None, size=32):
     `delays` frames (positive: the audio lags)."""
     import cv2
 
-    from avlib.data import synthetic as S
+    from avlib.dataio import synthetic as S
 
     spec = S.CorpusSpec(identities=400, seconds=frames / fps + 0.6, fps=fps, size=64, seed=0)
     spf = int(round(16000 / fps))

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from avlib.core.errors import ParameterError
-from avlib.data.indexers import index_dataset, read_fakeavceleb_metadata
-from avlib.data.synthetic import CorpusSpec, clip_fps, generate_corpus
-from avlib.data.synthetic_styles import STYLES
+from avlib.dataio.indexers import index_dataset, read_fakeavceleb_metadata
+from avlib.dataio.synthetic import CorpusSpec, clip_fps, generate_corpus
+from avlib.dataio.synthetic_styles import STYLES
 from avlib.stages.parameters import check
 
 SPEC = CorpusSpec(identities=3, seconds=0.6, size=32)

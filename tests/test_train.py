@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 import torch
 
-from avlib.data.loader import CachedClips, make_loader
-from avlib.data.preprocess import settings, write_dummy_cache
+from avlib.dataio.loader import CachedClips, make_loader
+from avlib.dataio.preprocess import settings, write_dummy_cache
 from avlib.models.detector import build_model
 from avlib.training.loop import NonFiniteLossError, ResumeError, fit, train_one_epoch
 
@@ -178,7 +178,7 @@ def test_a_loader_collects_earlier_iterators_before_its_workers_fork():
     from torch.utils.data import TensorDataset
     from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
-    from avlib.data.loader import make_loader
+    from avlib.dataio.loader import make_loader
 
     def iterators():
         return [o for o in gc.get_objects() if type(o) is _MultiProcessingDataLoaderIter]

@@ -9,8 +9,8 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from avlib import stages
-from avlib.data.media import write_video
-from avlib.data.splits import assign_splits
+from avlib.dataio.media import write_video
+from avlib.dataio.splits import assign_splits
 from avlib.predict import main as predict_main
 from avlib.scoring.calibration import (
     apply_verdict,

@@ -1,6 +1,6 @@
 """Re-exports that load on first use, so that importing a sub-package costs nothing it does
-not need: the 01_preprocess kernel imports avlib.data and avlib.stages without loading torch,
-which lets its decoding workers fork (avlib.data.preprocess.worker_context)."""
+not need: the 01_preprocess kernel imports avlib.dataio and avlib.stages without loading torch,
+which lets its decoding workers fork (avlib.dataio.preprocess.worker_context)."""
 from __future__ import annotations
 
 import importlib

@@ -11,7 +11,7 @@ import pandas as pd
 from avlib.core.checkpoint import load_checkpoint
 from avlib.core.params import named_paths
 from avlib.core.paths import portable, resolve, write_csv, write_json
-from avlib.data.cache import read_index
+from avlib.dataio.cache import read_index
 from avlib.evaluation.audit import shortcut_baseline
 from avlib.models.sync import sync_score_report
 from avlib.scoring.calibration import apply_verdict, domain_verdict, fit_verdict, verdict_report

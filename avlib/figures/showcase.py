@@ -18,7 +18,7 @@ import pandas as pd
 import seaborn as sns  # noqa: E402
 from IPython.display import Image, display
 
-from avlib.data.cache import read_clip, read_index, read_manifest
+from avlib.dataio.cache import read_clip, read_index, read_manifest
 from avlib.figures.plots import _save, plot_training_curves  # also selects the headless Agg backend
 
 CATEGORY_KEY = "RV/FV: real/fake video, RA/FA: real/fake audio"

@@ -9,8 +9,8 @@ import pandas as pd
 
 from avlib.core.checkpoint import load_checkpoint
 from avlib.core.runtime import pick_device
-from avlib.data.cache import read_manifest
-from avlib.data.loader import CachedClips, make_loader
+from avlib.dataio.cache import read_manifest
+from avlib.dataio.loader import CachedClips, make_loader
 from avlib.models.detector import build_model, inference_model, model_kwargs
 from avlib.models.sync import SYNC_COLUMNS
 from avlib.scoring.forward import predict

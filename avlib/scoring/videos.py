@@ -2,7 +2,7 @@
 worker processes ahead of the model, windows batched across the files of a run, each video's
 result handed back as soon as its last window is scored.
 
-The workers are a DataLoader's (avlib.data.loader.stream_loader: an IterableDataset dealing the
+The workers are a DataLoader's (avlib.dataio.loader.stream_loader: an IterableDataset dealing the
 files out among them, a few windows each ahead of the model): what 03 and 04 use for caches,
 here for files. With workers=0 the same code runs in the calling process.
 """
@@ -18,10 +18,10 @@ import pandas as pd
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from avlib.data.features import compute_mfcc
-from avlib.data.inputs import InputLimits, check_input
-from avlib.data.loader import stream_loader
-from avlib.data.stream import stream_windows
+from avlib.dataio.features import compute_mfcc
+from avlib.dataio.inputs import InputLimits, check_input
+from avlib.dataio.loader import stream_loader
+from avlib.dataio.stream import stream_windows
 from avlib.models.detector import video_to_model_input
 from avlib.scoring.scorer import is_sync_model
 

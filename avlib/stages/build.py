@@ -6,7 +6,7 @@ import torch
 from avlib.core.errors import MissingInputError, ParameterError
 from avlib.core.paths import portable, read_json, resolve, run_dir, write_json
 from avlib.core.runtime import pick_device
-from avlib.data.cache import has_waveform, read_manifest
+from avlib.dataio.cache import has_waveform, read_manifest
 from avlib.models.detector import build_model, count_parameters, model_kwargs, video_to_model_input
 from avlib.stages.common import locate_cache, need, stage
 

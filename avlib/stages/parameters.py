@@ -23,8 +23,8 @@ from avlib.core.params import (
     probability,
     text,
 )
-from avlib.data.augment import AUGMENTATIONS, parse_augment
-from avlib.data.synthetic_styles import STYLES, parse_styles
+from avlib.dataio.augment import AUGMENTATIONS, parse_augment
+from avlib.dataio.synthetic_styles import STYLES, parse_styles
 from avlib.scoring.calibration import CALIBRATIONS, THRESHOLD_RULES
 
 DATASETS = ("fakeavceleb", "cremad", "casualconv", "folder", "synthetic", "dummy")
@@ -142,7 +142,7 @@ DECLARATIONS: dict[str, tuple[Param, ...]] = {
         number("video_loss", 0.0, "weight of the video head's loss (model built with video_head): is the video "
                "manipulated (FVRA, FVFA, self-blends)", nonnegative),
         number("self_blend", 0.0, "probability that a real training clip becomes a self-blended fake (its own "
-               "lower face restyled and blended back; avlib.data.augment)", probability),
+               "lower face restyled and blended back; avlib.dataio.augment)", probability),
     ),
     "04_evaluate": (
         _run_name("run folder under results_dir; 03_train must have run for it"),

@@ -4,9 +4,9 @@ from __future__ import annotations
 from avlib.core.errors import MissingInputError
 from avlib.core.locking import writer_lock
 from avlib.core.paths import default_cache_dir, portable, resolve, run_dir, write_json
-from avlib.data.indexers import index_dataset
-from avlib.data.preprocess import preprocess, settings, write_dummy_cache
-from avlib.data.synthetic import CorpusSpec, generate_corpus
+from avlib.dataio.indexers import index_dataset
+from avlib.dataio.preprocess import preprocess, settings, write_dummy_cache
+from avlib.dataio.synthetic import CorpusSpec, generate_corpus
 from avlib.stages.common import stage
 
 

@@ -11,7 +11,7 @@ from avlib.core.errors import MissingInputError, ParameterError
 from avlib.core.locking import writer_lock
 from avlib.core.paths import portable, run_dir
 from avlib.core.runtime import pick_device, resolve_amp, tune_allocator
-from avlib.data.loader import CachedClips, ModalityLabelError, make_loader, mfcc_statistics
+from avlib.dataio.loader import CachedClips, ModalityLabelError, make_loader, mfcc_statistics
 from avlib.stages.build import model_from_run
 from avlib.stages.common import locate_cache, stage
 from avlib.training.loop import fit, set_seed
@@ -24,7 +24,7 @@ def train_stage(p, *, progress: bool = True, log=print) -> pd.DataFrame:
 
     `augment` (comma-separated: flip, colour, noise, compress) and `self_blend` (probability
     that a real training clip becomes a self-blended fake; objective 'classify' only) change
-    the training clips as they load (avlib.data.augment); validation clips are never changed.
+    the training clips as they load (avlib.dataio.augment); validation clips are never changed.
 
     objective 'classify': cross-entropy, plus for sync models `sync_weight` x the offset loss
     on real clips. objective 'sync': the offset loss alone, on the real clips only (any cache,

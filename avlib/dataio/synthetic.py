@@ -13,7 +13,7 @@ style), so some fakes are subtle. Deterministic for a given seed. `leading_silen
 that many seconds of silence to fake audio, reproducing FakeAVCeleb's known shortcut
 for audits.
 
-`styles` (avlib.data.synthetic_styles) chooses the generators: identities are dealt to them in
+`styles` (avlib.dataio.synthetic_styles) chooses the generators: identities are dealt to them in
 turn, each clip's style is written to styles.csv beside meta_data.csv, and the `synthetic`
 indexer puts it in a `style` column. `audio_swap` makes an evaluation corpus instead: every
 identity's real clip, and the same video carrying another identity's real audio.
@@ -34,9 +34,9 @@ from scipy.signal import lfilter
 
 from avlib.core.paths import atomic_write_bytes, read_json, write_json
 from avlib.core.progress import ProgressLines
-from avlib.data.media import write_video
-from avlib.data.preprocess import worker_context
-from avlib.data.synthetic_styles import (
+from avlib.dataio.media import write_video
+from avlib.dataio.preprocess import worker_context
+from avlib.dataio.synthetic_styles import (
     STYLES,
     Style,
     camera_box,
@@ -49,7 +49,7 @@ from avlib.data.synthetic_styles import (
     parse_styles,
     vocode,
 )
-from avlib.data.synthetic_styles import background as style_background
+from avlib.dataio.synthetic_styles import background as style_background
 
 ROOT_NAME = "FakeAVCeleb_v1.2"
 CATEGORIES = {  # folder -> (letter in meta_data.csv, fake video, fake audio)

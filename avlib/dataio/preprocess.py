@@ -16,10 +16,10 @@ from threadpoolctl import threadpool_limits
 
 from avlib.core.paths import is_disk_full, write_csv
 from avlib.core.progress import ProgressLines
-from avlib.data import cache
-from avlib.data.decode import SAMPLE_RATE, decode_clip
-from avlib.data.features import compute_mfcc, waveform_to_int16
-from avlib.data.splits import assign_splits, split_summary
+from avlib.dataio import cache
+from avlib.dataio.decode import SAMPLE_RATE, decode_clip
+from avlib.dataio.features import compute_mfcc, waveform_to_int16
+from avlib.dataio.splits import assign_splits, split_summary
 
 
 def settings(*, frames: int, size: int, fps: float, n_mfcc: int, mfcc_steps: int, window: str = "start",
@@ -69,7 +69,7 @@ def worker_context():
     if "forkserver" not in methods:
         return mp.get_context("spawn")
     context = mp.get_context("forkserver")
-    context.set_forkserver_preload(["avlib.data.preprocess", "avlib.data.synthetic", "librosa", "cv2", "av"])
+    context.set_forkserver_preload(["avlib.dataio.preprocess", "avlib.dataio.synthetic", "librosa", "cv2", "av"])
     return context
 
 

@@ -112,7 +112,7 @@ def index_fakeavceleb(data_dir: Path) -> pd.DataFrame:
 
 def synthetic_styles(frame: pd.DataFrame, data_dir: Path) -> list[str]:
     """The generator style of each clip of a synthetic corpus, from the styles.csv that
-    avlib.data.synthetic writes beside meta_data.csv ("" for a clip it does not list)."""
+    avlib.dataio.synthetic writes beside meta_data.csv ("" for a clip it does not list)."""
     root = fakeavceleb_root(data_dir)
     listed = {}
     if (root / "styles.csv").is_file():

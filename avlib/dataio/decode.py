@@ -16,7 +16,7 @@ import cv2
 import librosa
 import numpy as np
 
-from avlib.data.face import crop_faces, square_resize
+from avlib.dataio.face import crop_faces, square_resize
 
 SAMPLE_RATE = 16000
 

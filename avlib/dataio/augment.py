@@ -15,11 +15,11 @@ Two kinds, both applied to the uint8 video (3, T, H, W) of a training clip as it
   own and stays in sync, so the sync branch's offset loss skips these clips (label 1).
 
 Caveat for the synthetic corpus: its face-swap analogues all paste a re-rendered region through
-a soft ellipse (avlib.data.synthetic_styles.fake_region), as real face swaps do. Self-blending
+a soft ellipse (avlib.dataio.synthetic_styles.fake_region), as real face swaps do. Self-blending
 exploits that structure, so a held-out style tests generalisation across what is rendered
 inside the region (blend, ghost, blocky, warp), not across ways of compositing it.
 
-Every draw comes from the `rng` passed in: avlib.data.loader derives it from the epoch's seed and the
+Every draw comes from the `rng` passed in: avlib.dataio.loader derives it from the epoch's seed and the
 clip's index, so a resumed run augments exactly like an uninterrupted one.
 """
 from __future__ import annotations

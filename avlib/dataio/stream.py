@@ -17,7 +17,7 @@ from typing import Iterator
 import av
 import numpy as np
 
-from avlib.data.decode import SAMPLE_RATE, DecodedClip, DecodeError, _FramePicker, open_media
+from avlib.dataio.decode import SAMPLE_RATE, DecodedClip, DecodeError, _FramePicker, open_media
 
 LEAD = 1.0          # seconds before a window's first grid time at which its picker starts to watch the frames
 

@@ -12,8 +12,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, WeightedRandomSampler
 from torch.utils.data.distributed import DistributedSampler
 
-from avlib.data import cache
-from avlib.data.augment import augment_clip, parse_augment, self_blend
+from avlib.dataio import cache
+from avlib.dataio.augment import augment_clip, parse_augment, self_blend
 
 VIDEO_FAKE = ("FVRA", "FVFA")          # FakeAVCeleb's categories whose video is manipulated
 AUDIO_ONLY_FAKE = ("RVFA",)
@@ -29,7 +29,7 @@ class CachedClips(Dataset):
     models read). Raises CacheError when a waveform is asked of a cache that keeps none.
     `real_only` keeps the real clips (label 0): what the sync objective trains on.
 
-    Training augmentation (avlib.data.augment): `augment` names what to apply to every clip;
+    Training augmentation (avlib.dataio.augment): `augment` names what to apply to every clip;
     `self_blend` is the probability that a real clip is loaded as a self-blended fake (label 1).
     Only a training loader's keys augment: dataset[(i, token)] (what `make_loader` asks for when
     the dataset augments) draws from (token, i); dataset[i] is the clip as cached. `labels` stay

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import av
 
-from avlib.data.decode import DecodeError
-from avlib.data.indexers import VIDEO_EXTENSIONS
+from avlib.dataio.decode import DecodeError
+from avlib.dataio.indexers import VIDEO_EXTENSIONS
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,11 @@
-"""Generator styles of the synthetic corpus (avlib.data.synthetic): each style is another "generator",
+"""Generator styles of the synthetic corpus (avlib.dataio.synthetic): each style is another "generator",
 different in what a detector could latch onto: face outline and shading, background, lighting,
 camera motion, compression and frame rate, the family and strength of each manipulation, and
 voice timbre. Train on some styles and test on a held-out one for a cross-generator check.
 In every style the mouth follows the speech envelope of the voice.
 
 `studio` is the original look; a corpus of it alone is byte-identical to the corpus made before
-styles existed. The effects of the other styles live here; avlib.data.synthetic calls them.
+styles existed. The effects of the other styles live here; avlib.dataio.synthetic calls them.
 """
 from __future__ import annotations
 
@@ -227,7 +227,7 @@ def manipulate_face(frames: list[np.ndarray], boxes, family: str, shift: np.ndar
 
 
 def vocode(kind: str, rng, voice: np.ndarray, strength: float) -> np.ndarray:
-    """A voice clone's artifacts of family `kind` (the studio's `phase` lives in avlib.data.synthetic):
+    """A voice clone's artifacts of family `kind` (the studio's `phase` lives in avlib.dataio.synthetic):
     channel (spectral envelope smeared over a few mel bands, partly random phase), telephone
     (band-pass, aliased 8 kHz resampling, coarse mu-law), metallic (comb resonance, musical noise)."""
     if kind == "telephone":
