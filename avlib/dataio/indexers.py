@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
-COLUMNS = ["path", "label", "dataset", "category", "method", "identity", "race", "gender", "age", "skin_type"]
+from avlib.dataio.localisation_sets import index_avdeepfake1m, index_lavdf
+from avlib.dataio.records import COLUMNS, DatasetIndexError
+
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".flv", ".m4v", ".mpg", ".mpeg", ".wmv", ".3gp", ".ts"}
 FAKEAVCELEB_CATEGORIES = {  # folder -> (short category, label, letter used in meta_data.csv)
     "RealVideo-RealAudio": ("RVRA", 0, "A"),
@@ -21,17 +23,15 @@ FAKEAVCELEB_CATEGORIES = {  # folder -> (short category, label, letter used in m
 }
 
 
-class DatasetIndexError(ValueError):
-    """The data folder does not hold the dataset it was said to hold."""
-
-
 def index_dataset(dataset: str, data_dir: str | Path) -> pd.DataFrame:
-    """Index `data_dir` as `dataset` (fakeavceleb, synthetic, cremad, casualconv, folder)."""
+    """Index `data_dir` as `dataset` (fakeavceleb, synthetic, cremad, casualconv, folder, lavdf,
+    avdeepfake1m: the last two in avlib.dataio.localisation_sets)."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DatasetIndexError(f"parameter `data_dir`: {data_dir} is not a folder")
     indexers = {"fakeavceleb": index_fakeavceleb, "synthetic": index_fakeavceleb,
-                "cremad": index_cremad, "casualconv": index_casualconv, "folder": index_folder}
+                "cremad": index_cremad, "casualconv": index_casualconv, "folder": index_folder,
+                "lavdf": index_lavdf, "avdeepfake1m": index_avdeepfake1m}
     if dataset not in indexers:
         raise DatasetIndexError(f"no indexer for dataset {dataset!r}; one of {', '.join(indexers)}")
     frame = indexers[dataset](data_dir)

@@ -145,9 +145,16 @@ class SyncBranch(nn.Module):
 
     def similarity(self, video: torch.Tensor, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits (B, T, 2k+1) with invalid offsets at -inf, cosine similarity (B, T, 2k+1) with NaN there)."""
+        return self.compare(*self.embed(video, waveform))
+
+    def embed(self, video: torch.Tensor, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unit-length mouth and voice embeddings per frame, each (B, D, T), in fp32."""
         with torch.autocast(video.device.type, enabled=False):
-            v = F.normalize(self.visual(video).float(), dim=1)
-            a = F.normalize(self.audio(waveform).float(), dim=1)
+            return F.normalize(self.visual(video).float(), dim=1), F.normalize(self.audio(waveform).float(), dim=1)
+
+    def compare(self, v: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """similarity() from embed()'s output."""
+        with torch.autocast(v.device.type, enabled=False):
             t = v.shape[-1]
             windows = F.pad(a, (self.k, self.k)).unfold(2, 2 * self.k + 1, 1)        # (B, D, T, 2k+1)
             cosine = torch.einsum("bdt,bdtj->btj", v, windows)

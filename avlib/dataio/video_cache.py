@@ -1,0 +1,144 @@
+"""Whole videos at the model's frame rate and size, with a per-frame fake mask: the cache that
+temporal localisation trains and evaluates on.
+
+The clip cache (avlib.dataio.cache) keeps one window per video, which is what a clip
+classifier needs. Localisation needs every frame of a video and which of them are fake, so
+each video is decoded once, whole, on the model's time grid, and kept with its mask:
+
+    cache_dir/manifest.json          fps, size, sample_rate (a cache holds one setting)
+    cache_dir/videos/<clip_id>.npz   video uint8 (T, H, W, 3), audio int16 (N,),
+                                     mask uint8 (T, 2): frame t's visual and audio fake flags
+    cache_dir/index.csv              the indexer's records that are cached, with clip_id and frames
+    cache_dir/failures.csv           path, reason: files that could not be decoded
+
+Frame t covers [t / fps, (t + 1) / fps); it is fake in a modality when its centre lies inside
+one of that modality's fake periods. Entries are written atomically (temporary file, then
+rename), so a killed run leaves only complete videos; a rerun decodes only what is missing.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import av
+import numpy as np
+import pandas as pd
+
+from avlib.core.paths import read_json, umask_mode, write_csv, write_json
+from avlib.core.progress import ProgressLines
+from avlib.dataio.cache import CacheError, clip_id
+from avlib.dataio.decode import decode_clip, open_media
+from avlib.dataio.features import waveform_to_int16
+
+MODALITIES = ("visual", "audio")
+
+
+def frame_mask(periods: list[tuple[float, float]], n_frames: int, fps: float) -> np.ndarray:
+    """(n_frames,) bool: frames whose centre lies in any [start, end) period (seconds)."""
+    centres = (np.arange(n_frames) + 0.5) / fps
+    mask = np.zeros(n_frames, bool)
+    for start, end in periods:
+        mask |= (centres >= start) & (centres < end)
+    return mask
+
+
+def periods_of(record, modality: str) -> list[tuple[float, float]]:
+    """A record's fake periods of one modality (its JSON column), as (start, end) tuples."""
+    text = record.get(f"{modality}_fake_periods", "") or "[]"
+    return [(float(a), float(b)) for a, b in json.loads(text)]
+
+
+def open_video_cache(cache_dir: str | Path, settings: dict) -> Path:
+    """Create or reopen `cache_dir` for `settings` (fps, size, sample_rate); raises CacheError
+    when it holds videos made with other settings."""
+    cache_dir = Path(cache_dir)
+    (cache_dir / "videos").mkdir(parents=True, exist_ok=True)
+    manifest = {k: settings[k] for k in ("fps", "size", "sample_rate")}
+    path = cache_dir / "manifest.json"
+    if path.exists() and read_json(path) != manifest:
+        raise CacheError(f"{cache_dir} holds videos made with {read_json(path)}, not {manifest}: use another "
+                         f"cache_dir or delete it")
+    write_json(path, manifest)
+    for stale in (cache_dir / "videos").glob(".tmp-*"):
+        stale.unlink()
+    return cache_dir
+
+
+def cache_videos(records: pd.DataFrame, data_dir: str | Path, cache_dir: str | Path, *, fps: float, size: int,
+                 sample_rate: int = 16000, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Decode every record's video whole (one pass) into the cache; returns (index, failures)
+    and writes both as CSV. A file that cannot be decoded is listed with its reason and the
+    others go on."""
+    settings = dict(fps=float(fps), size=int(size), sample_rate=int(sample_rate))
+    cache_dir = open_video_cache(cache_dir, settings)
+    data_dir = Path(data_dir)
+    rows, failures = [], []
+    bar = ProgressLines("decode videos", len(records), enabled=progress)
+    for record in records.to_dict("records"):
+        cid = clip_id(record["path"])
+        target = cache_dir / "videos" / f"{cid}.npz"
+        try:
+            if not target.exists():
+                _write_entry(target, data_dir / record["path"], record, settings)
+            with np.load(target) as entry:
+                frames = int(entry["mask"].shape[0])
+            rows.append({**record, "clip_id": cid, "frames": frames})
+        except Exception as e:  # noqa: BLE001 - one unusable file must not stop the others; it is listed
+            failures.append({"path": record["path"], "reason": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]})
+        bar.update()
+    index = pd.DataFrame(rows)
+    fails = pd.DataFrame(failures, columns=["path", "reason"])
+    write_csv(cache_dir / "index.csv", index)
+    write_csv(cache_dir / "failures.csv", fails)
+    return index, fails
+
+
+def _write_entry(target: Path, path: Path, record: dict, settings: dict) -> None:
+    fps = settings["fps"]
+    # the container's own duration: AV-Deepfake1M's metadata derives it from a frame count at
+    # 25 fps, which is not every file's rate
+    duration = media_duration(path)
+    if not duration:
+        raise ValueError("the file states no duration")
+    n = int(math.ceil(duration * fps - 1e-6))
+    clip = decode_clip(path, frames=n, size=settings["size"], fps=fps, sample_rate=settings["sample_rate"],
+                       offset=0.0, threads=1)
+    t = int(clip.valid_frames)
+    if t < 2:
+        raise ValueError(f"only {t} decodable frame(s)")
+    mask = np.stack([frame_mask(periods_of(record, m), t, fps) for m in MODALITIES], axis=1).astype(np.uint8)
+    audio = waveform_to_int16(clip.audio[: int(round(t / fps * settings["sample_rate"]))])
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, video=clip.video[:t], audio=audio, mask=mask)
+        os.chmod(tmp, umask_mode())
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def media_duration(path: Path) -> float | None:
+    """The container's duration in seconds (None when it states none)."""
+    container = open_media(path)
+    try:
+        return container.duration / av.time_base if container.duration else None
+    finally:
+        container.close()
+
+
+def read_video_entry(cache_dir: str | Path, cid: str) -> dict:
+    """video (T, H, W, 3) uint8, audio (N,) float32 in [-1, 1], mask (T, 2) uint8 of one video."""
+    with np.load(Path(cache_dir) / "videos" / f"{cid}.npz") as entry:
+        return {"video": entry["video"], "audio": entry["audio"].astype(np.float32) / 32768.0, "mask": entry["mask"]}
+
+
+def read_video_index(cache_dir: str | Path) -> pd.DataFrame:
+    path = Path(cache_dir) / "index.csv"
+    if not path.is_file():
+        raise CacheError(f"no index.csv in {cache_dir}: cache the videos first (avlib.dataio.video_cache.cache_videos)")
+    return pd.read_csv(path, dtype={"identity": str, "path": str, "clip_id": str}, keep_default_na=False)
