@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "avlib"
 # sharing a layer (training and evaluation) never import each other. The commands
 # (python -m avlib.X) sit on top, the reference runs' assembly (pipeline --reference) below them.
 LAYERS = (("core",), ("dataio",), ("models",), ("scoring",), ("training", "evaluation"), ("figures",), ("stages",),
-          ("reference",), ("pipeline", "predict", "bench", "train"))
+          ("reference",), ("pipeline", "predict", "bench", "train", "localise"))
 
 
 def module_name(path: Path) -> str:

@@ -1,0 +1,113 @@
+"""Evaluating a per-frame localiser on whole videos: segments per video, the benchmarks'
+protocols, a video-level verdict that one fake segment can move, and the share of each
+manipulation.
+
+`localise_set` scores every video of a set (per-frame P(fake) from overlapping windows,
+proposals from it) and `localisation_metrics` reports, for that set:
+- `avdeepfake1m` and `lavdf`: the benchmarks' AP/AR (avlib.scoring.segment_metrics);
+- `ap_by_iou`: AP at IoU 0.5, 0.55, ..., 0.95 (the AP-IoU curve);
+- `by_modify_type`: AP@0.5 and AR@50 on the videos of one manipulation with the real videos
+  (their proposals are false positives too);
+- `video_level`: AUC of telling partially faked videos from real ones by the peak of the
+  smoothed per-frame P(fake) (our aggregate) and by its mean over frames (what averaging window
+  scores over a video gives);
+- `modality`: how often the top proposal that matches a true segment (IoU > 0.5) names the
+  manipulated modality (visual, audio, both) right.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score
+
+from avlib.dataio.video_cache import read_video_entry
+from avlib.scoring.segment_metrics import average_precision, localisation_report
+from avlib.scoring.segments import frame_probabilities, proposal_modality, propose, segment_iou, video_scores
+
+AP_IOUS = tuple(np.round(np.arange(0.5, 0.951, 0.05), 2))
+MODALITY_OF = {"visual_modified": "visual", "audio_modified": "audio", "both_modified": "both"}
+
+
+def truths_of(index: pd.DataFrame) -> dict[str, np.ndarray]:
+    """{file: (m, 2) true fake periods in seconds} of every labelled video of `index`."""
+    return {r["file"]: np.asarray(json.loads(r["fake_periods"] or "[]"), float).reshape(-1, 2)
+            for r in index.to_dict("records") if int(r["label"]) >= 0}
+
+
+def localise_set(model, cache_dir, index: pd.DataFrame, *, device="cpu", amp: bool = False) -> dict:
+    """Score every video of `index`: dict(frames {file: (T, 2) P(fake) per frame (visual, audio)},
+    proposals {file: (n, 3) [confidence, start, end]}, modality {file: [per proposal]}, videos:
+    one row per video with its label, modify type, and `max`/`mean` video-level scores)."""
+    out = {"frames": {}, "proposals": {}, "modality": {}, "videos": []}
+    model.eval()
+    for r in index.to_dict("records"):
+        entry = read_video_entry(cache_dir, r["clip_id"])
+        p = frame_probabilities(model, entry["video"], entry["audio"], device=device, amp=amp)
+        fake = p.max(1)
+        proposals = propose(fake, model.fps)
+        out["frames"][r["file"]] = p
+        out["proposals"][r["file"]] = proposals
+        out["modality"][r["file"]] = [proposal_modality(p, s, e, model.fps) for _, s, e in proposals]
+        out["videos"].append({"file": r["file"], "label": int(r["label"]), "category": r["category"],
+                              "style": r.get("style", ""), **video_scores(fake, model.fps),
+                              "proposals": len(proposals)})
+    out["videos"] = pd.DataFrame(out["videos"])
+    return out
+
+
+def _auc(labels, scores) -> float:
+    return float(roc_auc_score(labels, scores)) if len(np.unique(labels)) == 2 else float("nan")
+
+
+def localisation_metrics(index: pd.DataFrame, scored: dict) -> dict:
+    """The report described in the module docstring, for one set."""
+    truths = truths_of(index)
+    proposals = {f: scored["proposals"][f] for f in truths}
+    report = {"videos": len(truths), "fake_segments": int(sum(len(t) for t in truths.values())),
+              "avdeepfake1m": localisation_report(proposals, truths, "avdeepfake1m"),
+              "lavdf": localisation_report(proposals, truths, "lavdf"),
+              "ap_by_iou": {f"{iou:.2f}": average_precision(proposals, truths, float(iou)) for iou in AP_IOUS},
+              "by_modify_type": {}}
+    categories = index.set_index("file")["category"]
+    real = [f for f in truths if categories[f] == "real"]
+    for kind in sorted(set(categories) - {"real"}):
+        files = [f for f in truths if categories[f] == kind] + real
+        sub = localisation_report({f: proposals[f] for f in files}, {f: truths[f] for f in files}, "avdeepfake1m")
+        report["by_modify_type"][kind] = {"videos": len(files) - len(real), "ap@0.5": sub["ap@0.5"],
+                                          "ap@0.75": sub["ap@0.75"], "ar@50": sub["ar@50"]}
+    videos = scored["videos"]
+    videos = videos[videos["file"].isin(truths)]
+    report["video_level"] = {"auc_peak": _auc(videos["label"], videos["max"]),
+                             "auc_mean_of_frames": _auc(videos["label"], videos["mean"]),
+                             "what": "partially faked videos against real ones; peak: max of per-frame P(fake) "
+                                     "smoothed over 0.2 s; mean: its mean over the video"}
+    report["modality"] = modality_accuracy(index, scored, truths)
+    return report
+
+
+def modality_accuracy(index: pd.DataFrame, scored: dict, truths: dict) -> dict:
+    """Share of true segments whose best-ranked matching proposal (IoU > 0.5) names the right
+    modality, overall and per modify type."""
+    hits: dict[str, list[bool]] = {}
+    for r in index.to_dict("records"):
+        want = MODALITY_OF.get(r["category"])
+        if want is None or r["file"] not in truths:
+            continue
+        rows = scored["proposals"][r["file"]]
+        for segment in truths[r["file"]]:
+            if not len(rows):
+                continue
+            match = np.flatnonzero(segment_iou(segment, rows[:, 1:]) > 0.5)
+            if len(match):
+                hits.setdefault(r["category"], []).append(scored["modality"][r["file"]][match[0]] == want)
+    every = [h for v in hits.values() for h in v]
+    return {"matched_segments": len(every), "accuracy": float(np.mean(every)) if every else float("nan"),
+            **{k: float(np.mean(v)) for k, v in sorted(hits.items())}}
+
+
+def submission(scored: dict) -> dict[str, list[list[float]]]:
+    """The 1M-Deepfakes challenge's localisation entries: {file: [[confidence, start, end], ...]}."""
+    return {f: [[round(float(c), 5), round(float(s), 3), round(float(e), 3)] for c, s, e in rows]
+            for f, rows in scored["proposals"].items()}

@@ -1,0 +1,365 @@
+"""Temporal localisation of partial fakes, from videos to segments, metrics and figures:
+
+    python -m avlib.localise params/demo_localise.yaml [--seeds 0,1,2]
+    python -m avlib.localise --checkpoint results/demo_localise/localiser.pt VIDEO_OR_FOLDER ... [--out segments.json]
+
+The first form runs the chain (generating the synthetic partial fakes when `dataset` is
+synthetic_partial and the folder is empty): index -> decode whole videos with per-frame masks
+(avlib.dataio.video_cache) -> train the per-frame localiser -> segments of every test video ->
+metrics.json (`localisation`), comparison.csv, the challenge submission, figures. With
+--seeds, each seed's run goes to <run>/seed_<n>/ and <run>/seeds.csv and metrics.json hold the
+mean, sd and 95 % t-interval of each figure over seeds.
+
+The second form writes each video's segments ([confidence, start, end] in seconds, the
+modality, the video-level score) as JSON, from a trained localiser.
+
+Splits: the dataset's own. With train, val and test (the synthetic corpus; LAV-DF's
+train/dev/test) they are used as they are. AV-Deepfake1M publishes labels for train and val
+only: its val becomes the test set, as its papers report, and identities of train are held
+out as val (`val_fraction`). A set without labels (AV-Deepfake1M's test) is scored and
+written in the submission format, without metrics.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from avlib.core.checkpoint import load_checkpoint, save_checkpoint
+from avlib.core.errors import ParameterError
+from avlib.core.params import Param, amp, choice, device, flag, folder_name, fraction, integer, load_params, number, text
+from avlib.core.paths import portable, read_json, resolve, write_csv, write_json
+from avlib.core.runtime import cpu_description, pick_device, resolve_amp
+from avlib.dataio.decode import decode_clip
+from avlib.dataio.indexers import index_dataset
+from avlib.dataio.inputs import expand_paths
+from avlib.dataio.synthetic_partial import PartialSpec, generate_partial
+from avlib.dataio.video_cache import cache_videos, media_duration
+from avlib.evaluation.localise import localisation_metrics, localise_set, submission
+from avlib.figures.localise import plot_ap_iou, plot_localisation_timelines
+from avlib.models.localiser import FrameLocaliser
+from avlib.scoring.segments import frame_probabilities, proposal_modality, propose, video_scores
+from avlib.training.localise import train_localiser
+
+DATASETS = ("synthetic_partial", "avdeepfake1m", "lavdf")
+PARAMS: tuple[Param, ...] = (
+    text("run_name", "localise", "results/<run_name>/ receives the run", folder_name),
+    text("results_dir", "results", "parent of the run folders"),
+    choice("dataset", "synthetic_partial", "which corpus data_dir holds (synthetic_partial: generated there when "
+           "empty, in AV-Deepfake1M's layout)", DATASETS),
+    text("data_dir", "data/partial", "dataset root; relative paths are taken from the repository root"),
+    text("cache_dir", "", "whole-video cache; empty: cache/localise-<dataset>-<size>px-<fps>fps"),
+    integer("identities", 24, "synthetic_partial only: identities to generate", minimum=1),
+    number("seconds", 8.0, "synthetic_partial only: video length"),
+    text("corpus_styles", "studio,newsroom,webcam", "synthetic_partial only: generator styles"),
+    integer("val_identities", 3, "synthetic_partial only: identities in val"),
+    integer("test_identities", 6, "synthetic_partial only: identities in test"),
+    text("heldout_styles", "outdoor", "synthetic_partial only: styles of a second, test-only corpus never trained "
+         "on; empty: none"),
+    integer("heldout_identities", 6, "synthetic_partial only: identities of the held-out-style corpus"),
+    number("val_fraction", 0.1, "avdeepfake1m only: share of train identities held out as val", fraction),
+    number("fps", 25.0, "the model's frame rate (videos are resampled by timestamp)"),
+    integer("size", 48, "frames are centre-cropped to a square and resized to size x size", minimum=32),
+    integer("frames", 50, "frames per window the localiser sees (2 s at 25 fps)", minimum=8),
+    integer("epochs", 10, "training epochs", minimum=1),
+    integer("batch_size", 8, "windows per step", minimum=1),
+    number("lr", 0.002, "peak learning rate (one-cycle)"),
+    integer("windows_per_video", 3, "training windows drawn from each video per epoch", minimum=1),
+    flag("sync_evidence", True, "feed the sync branch's per-frame evidence to the head"),
+    flag("ablation", False, "also train without the sync evidence and report both"),
+    integer("seed", 0, "training seed (and the synthetic corpus's)"),
+    Param("device", str, "auto", "where to compute", device, allowed="auto | cpu | cuda | cuda:N"),
+    Param("amp", str, "auto", "bf16 autocast where the hardware runs it natively, else fp32", amp,
+          allowed="auto | true | false"),
+)
+# Published localisation results, each on its own benchmark (not comparable with the synthetic corpus).
+ANCHORS = (
+    {"set": "published: BA-TFD+ on LAV-DF", "ap@0.5": 0.9630, "ap@0.75": 0.8496, "ap@0.95": 0.0444, "ar@100": 0.8162},
+    {"set": "published: UMMAFormer on AV-Deepfake1M", "ap@0.5": 0.5164, "ap@0.75": 0.2807, "ap@0.95": 0.0158,
+     "ar@50": 0.4407},
+    {"set": "published: best 2025 challenge entry on AV-Deepfake1M++", "ap@0.5": 0.779, "ap@0.75": 0.665,
+     "ap@0.9": 0.447, "ap@0.95": 0.343, "ar@50": 0.803},
+)
+HEADLINE = ("ap@0.5", "ap@0.75", "ap@0.9", "ap@0.95", "ar@50", "ar@10", "score")
+
+
+def check_params(values: dict) -> dict:
+    """The params file's values with defaults filled in, each checked; ParameterError names an
+    unknown or bad one."""
+    names = {p.name for p in PARAMS}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ParameterError(f"unknown localisation parameter(s) {', '.join(unknown)}; they are {', '.join(sorted(names))}")
+    full = {p.name: values.get(p.name, p.default) for p in PARAMS}
+    for p in PARAMS:
+        p.validate(full[p.name])
+    return full
+
+
+def corpus_spec(p: dict, *, heldout: bool = False) -> PartialSpec:
+    """The synthetic corpus (or its held-out-style test corpus) the parameters ask for; raises
+    ParameterError naming the parameter that cannot make one."""
+    spec = _spec(p, heldout)
+    try:
+        spec.check()
+    except ValueError as e:
+        raise ParameterError(str(e)) from None
+    return spec
+
+
+def _spec(p: dict, heldout: bool) -> PartialSpec:
+    if heldout:
+        return PartialSpec(identities=p["heldout_identities"], seconds=p["seconds"], seed=p["seed"] + 1000,
+                           styles=p["heldout_styles"], val_identities=0, test_identities=p["heldout_identities"])
+    return PartialSpec(identities=p["identities"], seconds=p["seconds"], seed=p["seed"], styles=p["corpus_styles"],
+                       val_identities=p["val_identities"], test_identities=p["test_identities"])
+
+
+def roles(index: pd.DataFrame, p: dict) -> pd.DataFrame:
+    """`index` with `split` renamed to our roles train / val / test (see the module docstring)."""
+    index = index.copy()
+    index["split"] = index["split"].replace({"dev": "val"})
+    index.loc[index["label"] < 0, "split"] = "unlabelled"          # scored for a submission, never measured
+    if p["dataset"] == "avdeepfake1m":
+        index.loc[index["split"] == "val", "split"] = "test"
+        train_ids = sorted(set(index.loc[index["split"] == "train", "identity"]))
+        rng = np.random.default_rng(p["seed"])
+        held = set(rng.choice(train_ids, max(1, int(round(p["val_fraction"] * len(train_ids)))), replace=False))
+        index.loc[(index["split"] == "train") & index["identity"].isin(held), "split"] = "val"
+    return index
+
+
+def prepare(p: dict, log=print) -> dict[str, tuple[pd.DataFrame, Path]]:
+    """{set name: (cached index, cache folder)}: `main` (train/val/test) and `heldout` when asked."""
+    sets = {"main": (resolve(p["data_dir"]), False)}
+    if p["dataset"] == "synthetic_partial" and p["heldout_styles"]:
+        sets["heldout"] = (resolve(p["data_dir"]).with_name(resolve(p["data_dir"]).name + "_heldout"), True)
+    out = {}
+    for name, (folder, heldout) in sets.items():
+        if p["dataset"] == "synthetic_partial":
+            generate_partial(folder, corpus_spec(p, heldout=heldout), progress=True)
+        # the synthetic corpus is written in AV-Deepfake1M's layout, and read by its indexer
+        records = index_dataset("avdeepfake1m" if p["dataset"] == "synthetic_partial" else p["dataset"], folder)
+        cache = resolve(p["cache_dir"]) if p["cache_dir"] else resolve("cache") / (
+            f"localise-{p['dataset']}-{folder.name}-{p['size']}px-{p['fps']:g}fps")
+        if name == "heldout" and p["cache_dir"]:
+            cache = cache.with_name(cache.name + "_heldout")
+        index, failures = cache_videos(records, folder, cache, fps=p["fps"], size=p["size"])
+        if len(failures):
+            log(f"{len(failures)} video(s) of {portable(folder)} could not be decoded; see {portable(cache / 'failures.csv')}")
+        if index.empty:
+            raise ParameterError(f"parameter `data_dir`: no video of {folder} could be decoded")
+        out[name] = (roles(index, p), cache)
+    return out
+
+
+def run_seed(p: dict, sets: dict, out_dir: Path, log=print) -> dict:
+    """Train one localiser (and its ablation when asked), evaluate every set, write the run's
+    files into out_dir; returns metrics.json's content."""
+    dev = pick_device(p["device"])
+    use_amp = resolve_amp(p["amp"], dev, log=log)
+    index, cache = sets["main"]
+    figures = out_dir / "figures"
+    metrics = {"localisation": {}, "cpu": cpu_description(), "device": str(dev), "amp": use_amp,
+               "params": p}
+    variants = [("sync_evidence", p["sync_evidence"])] + ([("no_sync_evidence", False)] if p["ablation"] else [])
+    for variant, sync in variants:
+        log(f"training the localiser ({variant.replace('_', ' ')}), seed {p['seed']}")
+        model, history = train_localiser(cache, index, frames=p["frames"], fps=p["fps"], epochs=p["epochs"],
+                                         batch_size=p["batch_size"], lr=p["lr"], seed=p["seed"], device=dev,
+                                         amp=use_amp, sync_evidence=sync, windows_per_video=p["windows_per_video"],
+                                         log=log)
+        main_variant = variant == variants[0][0]
+        if main_variant:
+            write_csv(out_dir / "history.csv", history)
+            save_checkpoint(out_dir / "localiser.pt", {"model": model.state_dict(), "params": p,
+                                                       "config": model_config(model)})
+        results = {}
+        for name, (set_index, set_cache) in sets.items():
+            for split in ("test", "unlabelled"):
+                part = set_index[set_index["split"] == split]
+                if part.empty or (split == "unlabelled" and not main_variant):
+                    continue
+                scored = localise_set(model, set_cache, part, device=dev, amp=use_amp)
+                suffix = name if split == "test" else f"{name}_unlabelled"
+                if split == "test":
+                    results[name] = localisation_metrics(part, scored)
+                if main_variant:
+                    write_json(out_dir / f"segments_{suffix}.json", submission(scored))
+                    write_csv(out_dir / f"videos_{suffix}.csv", scored["videos"])
+                    if split == "test":
+                        plot_localisation_timelines(part, scored, figures, fps=p["fps"],
+                                                    name=f"localisation_timelines_{name}")
+        metrics["localisation"][variant] = results
+    main = metrics["localisation"][variants[0][0]]
+    if main:
+        plot_ap_iou({name: r["ap_by_iou"] for name, r in main.items()}, figures)
+    write_json(out_dir / "metrics.json", metrics)
+    write_csv(out_dir / "comparison.csv", comparison(metrics))
+    return metrics
+
+
+def model_config(model: FrameLocaliser) -> dict:
+    return {"fps": model.fps, "frames": model.frames, "sample_rate": model.sample_rate,
+            "sync_evidence": model.sync_evidence}
+
+
+def comparison(metrics: dict) -> pd.DataFrame:
+    """One row per (variant, set) of this run with the AV-Deepfake1M and LAV-DF figures, then
+    the published anchors (each on its own data)."""
+    rows = []
+    for variant, sets in metrics["localisation"].items():
+        for name, r in sets.items():
+            rows.append({"set": f"{name} ({variant})", **r["avdeepfake1m"],
+                         **{f"lavdf_{k}": v for k, v in r["lavdf"].items()},
+                         "video_auc_peak": r["video_level"]["auc_peak"],
+                         "video_auc_mean": r["video_level"]["auc_mean_of_frames"],
+                         **{f"{k}_ap@0.5": v["ap@0.5"] for k, v in r["by_modify_type"].items()}})
+    return pd.DataFrame(rows + list(ANCHORS))
+
+
+def summarise_seeds(runs: dict[int, dict]) -> pd.DataFrame:
+    """Per figure (set, variant, metric): each seed's value, mean, sd and 95 % t-interval."""
+    flat: dict[str, dict[int, float]] = {}
+    for seed, metrics in runs.items():
+        for variant, sets in metrics["localisation"].items():
+            for name, r in sets.items():
+                figures = {**{k: r["avdeepfake1m"][k] for k in HEADLINE},
+                           "video_auc_peak": r["video_level"]["auc_peak"],
+                           "video_auc_mean": r["video_level"]["auc_mean_of_frames"],
+                           "modality_accuracy": r["modality"]["accuracy"],
+                           **{f"{k}_ap@0.5": v["ap@0.5"] for k, v in r["by_modify_type"].items()}}
+                for key, value in figures.items():
+                    flat.setdefault(f"{name}|{variant}|{key}", {})[seed] = value
+    rows = []
+    for key, values in flat.items():
+        name, variant, metric = key.split("|")
+        v = np.array(list(values.values()), float)
+        mean, sd = float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else float("nan")
+        half = float(stats.t.ppf(0.975, len(v) - 1) * sd / math.sqrt(len(v))) if len(v) > 1 else float("nan")
+        rows.append({"set": name, "variant": variant, "metric": metric, "mean": mean, "sd": sd,
+                     "ci95_low": mean - half, "ci95_high": mean + half,
+                     **{f"seed_{s}": x for s, x in values.items()}})
+    return pd.DataFrame(rows)
+
+
+def run(params: dict, *, seeds: list[int] | None = None, log=print) -> Path:
+    """The chain of the module docstring; returns the run folder."""
+    p = check_params(params)
+    run_dir = resolve(p["results_dir"]) / p["run_name"]
+    sets = prepare(p, log)
+    if not seeds:
+        run_seed(p, sets, run_dir, log)
+        return run_dir
+    runs = {}
+    for seed in seeds:
+        runs[seed] = run_seed({**p, "seed": seed}, sets, run_dir / f"seed_{seed}", log)
+    table = summarise_seeds(runs)
+    write_csv(run_dir / "seeds.csv", table)
+    write_json(run_dir / "metrics.json", {"seeds": seeds, "cpu": cpu_description(),
+                                          "summary": table.to_dict("records")})
+    return run_dir
+
+
+def summary_lines(run_dir: Path) -> list[str]:
+    """The headline figures of a finished run, as printed at its end."""
+    seeds = run_dir / "seeds.csv"
+    lines = [f"run folder: {portable(run_dir)}/"]
+    if seeds.is_file():
+        table = pd.read_csv(seeds)
+        keep = table[table["metric"].isin(["ap@0.5", "ap@0.75", "ar@50", "score", "video_auc_peak",
+                                           "video_auc_mean", "audio_modified_ap@0.5"])]
+        for r in keep.itertuples():
+            lines.append(f"  {r.set:8s} {r.variant:17s} {r.metric:22s} {r.mean:.3f} +- {r.sd:.3f} "
+                         f"[{r.ci95_low:.3f}, {r.ci95_high:.3f}]")
+        return lines
+    metrics = read_json(run_dir / "metrics.json")
+    for variant, sets in metrics["localisation"].items():
+        for name, r in sets.items():
+            a = r["avdeepfake1m"]
+            lines.append(f"  {name} ({variant}): AP@0.5 {a['ap@0.5']:.3f}, AP@0.75 {a['ap@0.75']:.3f}, "
+                         f"AR@50 {a['ar@50']:.3f}, score {a['score']:.3f}; video AUC peak "
+                         f"{r['video_level']['auc_peak']:.3f} vs mean {r['video_level']['auc_mean_of_frames']:.3f}")
+    return lines
+
+
+# ---------------------------------------------------------------- predict with a trained localiser
+
+def load_localiser(path: str | Path, device="cpu") -> FrameLocaliser:
+    """The localiser saved by a run (localiser.pt), in eval mode."""
+    state = load_checkpoint(path)
+    if "config" not in state or "model" not in state:
+        raise ParameterError(f"parameter `checkpoint`: {path} is not a localiser saved by avlib.localise "
+                             f"(it has {', '.join(sorted(state))})")
+    model = FrameLocaliser(**state["config"])
+    model.load_state_dict(state["model"])
+    return model.to(device).eval()
+
+
+def predict_files(model: FrameLocaliser, paths: list[Path], *, size: int, device="cpu", amp_on: bool = False,
+                  log=print) -> dict:
+    """{file: dict(segments [{start, end, confidence, modality}], video_score, duration) or dict(error)}."""
+    out = {}
+    for path in paths:
+        try:
+            duration = media_duration(path)
+            if not duration:
+                raise ValueError("the file states no duration")
+            clip = decode_clip(path, frames=int(math.ceil(duration * model.fps - 1e-6)), size=size, fps=model.fps,
+                               sample_rate=model.sample_rate, offset=0.0)
+            t = int(clip.valid_frames)
+            p = frame_probabilities(model, clip.video[:t], clip.audio, device=device, amp=amp_on)
+            rows = propose(p.max(1), model.fps)
+            out[str(path)] = {"duration": round(duration, 3), "video_score": video_scores(p.max(1), model.fps)["max"],
+                              "segments": [{"start": round(float(s), 3), "end": round(float(e), 3),
+                                            "confidence": round(float(c), 4),
+                                            "modality": proposal_modality(p, s, e, model.fps)} for c, s, e in rows]}
+        except Exception as e:  # noqa: BLE001 - one unreadable file must not stop the others; it is reported
+            out[str(path)] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+            log(f"{path}: {out[str(path)]['error']}")
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m avlib.localise", description=__doc__.split("\n\n")[0])
+    parser.add_argument("inputs", nargs="+", help="a params file, or (with --checkpoint) videos and folders")
+    parser.add_argument("--seeds", help="comma-separated training seeds, e.g. 0,1,2")
+    parser.add_argument("--checkpoint", help="a trained localiser.pt: predict segments of the inputs")
+    parser.add_argument("--out", default="segments.json", help="with --checkpoint: where the JSON goes")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--amp", default="auto")
+    args = parser.parse_args(argv)
+    try:
+        if args.checkpoint:
+            dev = pick_device(args.device)
+            model = load_localiser(args.checkpoint, dev)
+            size = load_checkpoint(args.checkpoint)["params"]["size"]
+            paths = expand_paths(args.inputs)
+            result = predict_files(model, paths, size=size, device=dev, amp_on=resolve_amp(args.amp, dev))
+            write_json(args.out, result)
+            for path, r in result.items():
+                if "error" not in r:
+                    top = r["segments"][0] if r["segments"] else None
+                    print(f"{path}: video score {r['video_score']:.3f}" + (
+                        f"; top segment {top['start']:.2f}-{top['end']:.2f} s ({top['modality']}, "
+                        f"{top['confidence']:.2f})" if top else ""))
+            print(f"segments of {len(result)} video(s) -> {args.out}")
+            return 0 if all("error" not in r for r in result.values()) else 1
+        if len(args.inputs) != 1:
+            parser.error("give one params file (or --checkpoint with videos)")
+        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+        run_dir = run(load_params(args.inputs[0]), seeds=seeds)
+        print("\n".join(summary_lines(run_dir)))
+        return 0
+    except ParameterError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Temporal localisation: partial fakes where their metadata says and nowhere else, per-frame
+masks through the whole-video cache, proposals from per-frame scores, a small localiser that
+learns planted segments, and the command end to end."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from avlib.dataio.indexers import index_dataset
+from avlib.dataio.synthetic import clip_fps
+from avlib.dataio.synthetic_partial import PartialSpec, entry, generate_partial, plan_partial, render_partial
+from avlib.dataio.synthetic_styles import STYLES
+from avlib.dataio.video_cache import cache_videos, frame_mask, read_video_entry
+from avlib.core.errors import ParameterError
+from avlib.localise import check_params, corpus_spec, load_localiser, predict_files, run
+from avlib.scoring.segment_metrics import localisation_report
+from avlib.scoring.segments import propose, soft_nms, video_scores, window_frame_starts
+from avlib.training.localise import frame_ap, train_localiser
+
+TINY = PartialSpec(identities=6, seconds=4.0, size=32, styles=("studio", "webcam"), val_identities=2,
+                   test_identities=2, max_segments=2, segment_seconds=(0.3, 1.0))
+
+
+def _inside(segments, n, rate):
+    mask = np.zeros(n, bool)
+    for start, end in segments:
+        mask[int(round(start * rate)):int(round(end * rate))] = True
+    return mask
+
+
+@pytest.mark.parametrize("kind", ["audio_modified", "visual_modified", "both_modified"])
+def test_a_partial_fake_differs_from_its_real_video_inside_its_segments_only(kind):
+    for row in [r for r in plan_partial(TINY) if r["modify_type"] == kind][:2]:     # one per style
+        frames, audio, real_frames, real_audio = render_partial(TINY, row)
+        fps = clip_fps(TINY.corpus(), STYLES[row["style"]])
+        meta = entry(TINY, row)
+        periods = [tuple(p) for p in meta["fake_segments"]]
+        assert periods and all(0 < a < b <= TINY.seconds for a, b in periods)
+        frame_in, sample_in = _inside(periods, len(frames), fps), _inside(periods, len(audio), 16000)
+        changed_frames = np.array([not np.array_equal(f, r) for f, r in zip(frames, real_frames)])
+        changed_samples = audio != real_audio
+        assert not (changed_frames & ~frame_in).any() and not (changed_samples & ~sample_in).any()
+        visual, voice = kind != "audio_modified", kind != "visual_modified"
+        assert changed_frames[frame_in].mean() > 0.9 if visual else not changed_frames.any()
+        assert changed_samples[sample_in].mean() > 0.9 if voice else not changed_samples.any()
+        assert (meta["visual_fake_segments"] == meta["fake_segments"]) == visual
+        assert (meta["audio_fake_segments"] == meta["fake_segments"]) == voice
+        assert meta["original"] == f"{row['identity']}/{row['sentence']:05d}.mp4"
+
+
+def test_frame_masks_and_window_starts():
+    assert frame_mask([(0.2, 0.4)], 10, 10.0).tolist() == [False, False, True, True] + [False] * 6
+    assert not frame_mask([], 5, 25.0).any()
+    starts = window_frame_starts(107, 50, 25)
+    assert starts == [0, 25, 50, 57]                      # the last window ends on the last frame
+    assert window_frame_starts(30, 50, 25) == [0]
+
+
+def test_proposals_find_a_planted_bump_and_soft_nms_demotes_its_duplicates():
+    fps = 25.0
+    p = np.full(200, 0.05)
+    p[50:75] = 0.9                         # 2.0-3.0 s
+    p[150:160] = 0.6                       # 6.0-6.4 s, weaker
+    rows = propose(p, fps)
+    assert rows[0, 1:].tolist() == [2.0, 3.0]
+    assert any(np.allclose(r[1:], [6.0, 6.4]) for r in rows[:3])
+    assert (np.diff(rows[:, 0]) <= 1e-12).all()            # ranked by confidence
+    report = localisation_report({"v": rows}, {"v": np.array([[2.0, 3.0], [6.0, 6.4]])}, "avdeepfake1m")
+    assert report["ar@5"] == 1.0
+    dup = soft_nms(np.array([[0.9, 0.0, 1.0], [0.85, 0.0, 1.0], [0.5, 3.0, 4.0]]))
+    assert dup[1, 1:].tolist() == [3.0, 4.0] and dup[2, 0] < 0.85 * 0.1     # the duplicate falls behind
+    scores = video_scores(p, fps)
+    assert scores["max"] > 0.85 and scores["mean"] < 0.3
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("partial") / "data"
+    generate_partial(root, TINY, workers=2, progress=False)
+    return root
+
+
+def test_the_generated_corpus_is_read_by_the_avdeepfake1m_indexer_and_cached_with_its_masks(tiny_corpus, tmp_path):
+    records = index_dataset("avdeepfake1m", tiny_corpus)
+    assert len(records) == 5 * TINY.identities
+    assert set(records["split"]) == {"train", "val", "test"}
+    assert records.groupby("identity")["split"].nunique().max() == 1          # identity-disjoint
+    broken = tiny_corpus / "test" / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    extra = pd.DataFrame([{**records.iloc[0].to_dict(), "path": "test/broken.mp4", "file": "broken.mp4"}])
+    index, failures = cache_videos(pd.concat([records, extra]), tiny_corpus, tmp_path / "cache", fps=25.0, size=32,
+                                   progress=False)
+    broken.unlink()
+    assert len(index) == len(records) and failures["path"].tolist() == ["test/broken.mp4"]
+    assert "broken.mp4" in failures["reason"].iloc[0] or failures["reason"].iloc[0]
+    for r in index[index["category"] == "both_modified"].head(2).to_dict("records"):
+        mask = read_video_entry(tmp_path / "cache", r["clip_id"])["mask"]
+        want = frame_mask([tuple(x) for x in json.loads(r["fake_periods"])], len(mask), 25.0)
+        assert (mask[:, 0] == want).all() and (mask[:, 1] == want).all() and want.any()
+
+
+def test_a_small_localiser_recovers_planted_segments_better_than_chance(tiny_corpus, tmp_path):
+    torch.set_num_threads(2)
+    index, _ = cache_videos(index_dataset("avdeepfake1m", tiny_corpus), tiny_corpus, tmp_path / "cache", fps=25.0,
+                            size=32, progress=False)
+    model, history = train_localiser(tmp_path / "cache", index, frames=32, fps=25.0, epochs=12, batch_size=8,
+                                     lr=3e-3, seed=0, windows_per_video=8, log=lambda line: None)
+    test = index[index["split"] == "test"]
+    fake_share = np.mean([read_video_entry(tmp_path / "cache", c)["mask"].any(1).mean() for c in test["clip_id"]])
+    ap = frame_ap(model, tmp_path / "cache", test)
+    assert ap > fake_share + 0.25, (ap, fake_share, history.to_dict("records"))
+
+
+def test_check_params_names_the_bad_parameter():
+    with pytest.raises(ParameterError, match="size"):
+        check_params({"size": 8})
+    with pytest.raises(ParameterError, match="epoch_count"):
+        check_params({"epoch_count": 3})
+    with pytest.raises(ParameterError, match="seconds"):
+        corpus_spec(check_params({"seconds": 3.0}))
+
+
+def test_the_command_runs_the_chain_and_predicts_segments_of_files(tmp_path):
+    params = dict(run_name="tiny", results_dir=str(tmp_path / "results"), data_dir=str(tmp_path / "data" / "partial"),
+                  cache_dir=str(tmp_path / "cache"), identities=4, seconds=5.0, corpus_styles="studio",
+                  val_identities=1, test_identities=1, heldout_styles="outdoor", heldout_identities=1, size=32,
+                  frames=32, epochs=1, windows_per_video=1, ablation=True)
+    run_dir = run(params, log=lambda line: None)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    sets = metrics["localisation"]
+    assert set(sets) == {"sync_evidence", "no_sync_evidence"} and set(sets["sync_evidence"]) == {"main", "heldout"}
+    main = sets["sync_evidence"]["main"]
+    assert set(main["avdeepfake1m"]) >= {"ap@0.5", "ap@0.75", "ap@0.9", "ap@0.95", "ar@50", "score"}
+    assert set(main["by_modify_type"]) == {"audio_modified", "visual_modified", "both_modified"}
+    segments = json.loads((run_dir / "segments_main.json").read_text())
+    assert len(segments) == 5 and all(all(len(p) == 3 for p in v) for v in segments.values())
+    comparison = pd.read_csv(run_dir / "comparison.csv")
+    assert comparison["set"].str.startswith("published").sum() == 3
+    for name in ("localisation_ap_iou.png", "localisation_timelines_main.png", "localisation_timelines_heldout.png"):
+        assert (run_dir / "figures" / name).stat().st_size > 1000
+    model = load_localiser(run_dir / "localiser.pt")
+    videos = sorted((tmp_path / "data" / "partial" / "test").rglob("*.mp4"))[:2]
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00" * 100)
+    out = predict_files(model, videos + [broken], size=32, log=lambda line: None)
+    assert "error" in out[str(broken)]
+    for v in videos:
+        assert 0 <= out[str(v)]["video_score"] <= 1 and out[str(v)]["duration"] == pytest.approx(5.0, abs=0.1)
+        assert all(s["modality"] in ("visual", "audio", "both") for s in out[str(v)]["segments"])
