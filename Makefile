@@ -10,7 +10,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PARAMS ?= params/demo_sync.yaml
 
-.PHONY: setup demo demo-concat demo-sync demo-seeds smoke test lab bench gpu-check clean-results
+.PHONY: setup demo demo-concat demo-sync demo-seeds demo-localise smoke test lab bench gpu-check clean-results
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -31,6 +31,10 @@ demo-concat: $(STAMP)
 	@$(PY) -m avlib.pipeline params/demo.yaml
 
 demo-sync: demo
+
+# Temporal localisation of partial fakes (synthetic, AV-Deepfake1M layout), into results/demo_localise/.
+demo-localise: $(STAMP)
+	@$(PY) -m avlib.localise params/demo_localise.yaml
 
 # The main demo over three training seeds (results/demo_sync-seed<k>/ and results/demo_sync-seeds.csv).
 demo-seeds: $(STAMP)

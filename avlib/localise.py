@@ -302,8 +302,9 @@ def load_localiser(path: str | Path, device="cpu") -> FrameLocaliser:
 
 
 def predict_files(model: FrameLocaliser, paths: list[Path], *, size: int, device="cpu", amp_on: bool = False,
-                  log=print) -> dict:
-    """{file: dict(segments [{start, end, confidence, modality}], video_score, duration) or dict(error)}."""
+                  log=print, scored: dict | None = None) -> dict:
+    """{file: dict(segments [{start, end, confidence, modality}], video_score, duration) or dict(error)}.
+    `scored`, when given, receives {"frames": {file: (T, 2)}, "proposals": {file: (n, 3)}} for figures."""
     out = {}
     for path in paths:
         try:
@@ -315,6 +316,9 @@ def predict_files(model: FrameLocaliser, paths: list[Path], *, size: int, device
             t = int(clip.valid_frames)
             p = frame_probabilities(model, clip.video[:t], clip.audio, device=device, amp=amp_on)
             rows = propose(p.max(1), model.fps)
+            if scored is not None:
+                scored.setdefault("frames", {})[str(path)] = p
+                scored.setdefault("proposals", {})[str(path)] = rows
             out[str(path)] = {"duration": round(duration, 3), "video_score": video_scores(p.max(1), model.fps)["max"],
                               "segments": [{"start": round(float(s), 3), "end": round(float(e), 3),
                                             "confidence": round(float(c), 4),
@@ -331,6 +335,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", help="comma-separated training seeds, e.g. 0,1,2")
     parser.add_argument("--checkpoint", help="a trained localiser.pt: predict segments of the inputs")
     parser.add_argument("--out", default="segments.json", help="with --checkpoint: where the JSON goes")
+    parser.add_argument("--figure", help="with --checkpoint: a PNG of each video's per-frame P(fake) and top segments")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--amp", default="auto")
     args = parser.parse_args(argv)
@@ -340,8 +345,15 @@ def main(argv=None) -> int:
             model = load_localiser(args.checkpoint, dev)
             size = load_checkpoint(args.checkpoint)["params"]["size"]
             paths = expand_paths(args.inputs)
-            result = predict_files(model, paths, size=size, device=dev, amp_on=resolve_amp(args.amp, dev))
+            scored: dict = {}
+            result = predict_files(model, paths, size=size, device=dev, amp_on=resolve_amp(args.amp, dev),
+                                   scored=scored)
             write_json(args.out, result)
+            if args.figure and scored:
+                files = pd.DataFrame({"file": list(scored["frames"]), "category": "predicted", "fake_periods": ""})
+                path = plot_localisation_timelines(files, scored, Path(args.figure).parent, fps=model.fps,
+                                                   per_type=12, name=Path(args.figure).stem)
+                print(f"timelines -> {path}")
             for path, r in result.items():
                 if "error" not in r:
                     top = r["segments"][0] if r["segments"] else None

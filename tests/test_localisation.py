@@ -16,7 +16,7 @@ from avlib.dataio.synthetic_partial import PartialSpec, entry, generate_partial,
 from avlib.dataio.synthetic_styles import STYLES
 from avlib.dataio.video_cache import cache_videos, frame_mask, read_video_entry
 from avlib.core.errors import ParameterError
-from avlib.localise import check_params, corpus_spec, load_localiser, predict_files, run
+from avlib.localise import check_params, corpus_spec, load_localiser, main, predict_files, run
 from avlib.scoring.segment_metrics import localisation_report
 from avlib.scoring.segments import propose, soft_nms, video_scores, window_frame_starts
 from avlib.training.localise import frame_ap, train_localiser
@@ -133,9 +133,9 @@ def test_the_command_runs_the_chain_and_predicts_segments_of_files(tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     sets = metrics["localisation"]
     assert set(sets) == {"sync_evidence", "no_sync_evidence"} and set(sets["sync_evidence"]) == {"main", "heldout"}
-    main = sets["sync_evidence"]["main"]
-    assert set(main["avdeepfake1m"]) >= {"ap@0.5", "ap@0.75", "ap@0.9", "ap@0.95", "ar@50", "score"}
-    assert set(main["by_modify_type"]) == {"audio_modified", "visual_modified", "both_modified"}
+    in_domain = sets["sync_evidence"]["main"]
+    assert set(in_domain["avdeepfake1m"]) >= {"ap@0.5", "ap@0.75", "ap@0.9", "ap@0.95", "ar@50", "score"}
+    assert set(in_domain["by_modify_type"]) == {"audio_modified", "visual_modified", "both_modified"}
     segments = json.loads((run_dir / "segments_main.json").read_text())
     assert len(segments) == 5 and all(all(len(p) == 3 for p in v) for v in segments.values())
     comparison = pd.read_csv(run_dir / "comparison.csv")
@@ -146,8 +146,13 @@ def test_the_command_runs_the_chain_and_predicts_segments_of_files(tmp_path):
     videos = sorted((tmp_path / "data" / "partial" / "test").rglob("*.mp4"))[:2]
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"\x00" * 100)
-    out = predict_files(model, videos + [broken], size=32, log=lambda line: None)
-    assert "error" in out[str(broken)]
+    scored = {}
+    out = predict_files(model, videos + [broken], size=32, log=lambda line: None, scored=scored)
+    assert "error" in out[str(broken)] and set(scored["frames"]) == {str(v) for v in videos}
     for v in videos:
         assert 0 <= out[str(v)]["video_score"] <= 1 and out[str(v)]["duration"] == pytest.approx(5.0, abs=0.1)
         assert all(s["modality"] in ("visual", "audio", "both") for s in out[str(v)]["segments"])
+    code = main(["--checkpoint", str(run_dir / "localiser.pt"), str(videos[0]), "--out", str(tmp_path / "s.json"),
+                 "--figure", str(tmp_path / "timeline.png")])
+    assert code == 0 and (tmp_path / "timeline.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "s.json").read_text())[str(videos[0])]["segments"] is not None
