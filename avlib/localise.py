@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -99,6 +100,17 @@ def check_params(values: dict) -> dict:
     for p in PARAMS:
         p.validate(full[p.name])
     return full
+
+
+def parameters_cell() -> str:
+    """The parameters cell of notebooks/localise.ipynb: one `name: type = default  # help` line each."""
+    return "\n".join(p.cell_line() for p in PARAMS)
+
+
+def notebook_params(namespace: dict) -> dict:
+    """What notebooks/localise.ipynb's second cell calls with its globals(): its parameters
+    (after papermill's injected values), checked."""
+    return check_params({p.name: namespace[p.name] for p in PARAMS if p.name in namespace})
 
 
 def corpus_spec(p: dict, *, heldout: bool = False) -> PartialSpec:
@@ -266,6 +278,27 @@ def run(params: dict, *, seeds: list[int] | None = None, log=print) -> Path:
     return run_dir
 
 
+def write_reference(run_dir: Path, reference_dir: Path) -> Path:
+    """Copy a multi-seed run to reference_dir/<run name>/ (without checkpoints), assembled beside
+    the old reference and swapped in only when complete; returns the folder."""
+    if not (run_dir / "seeds.csv").is_file():
+        raise ParameterError("--reference needs a run over several seeds (--seeds 0,1,2)")
+    target = reference_dir / run_dir.name
+    staging, old = reference_dir / f".{run_dir.name}.new", reference_dir / f".{run_dir.name}.old"
+    for leftover in (staging, old):
+        if leftover.exists():
+            shutil.rmtree(leftover)
+    reference_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(run_dir, staging, ignore=shutil.ignore_patterns("*.pt", "videos_*.csv"))
+    if target.exists():
+        target.rename(old)
+        staging.rename(target)
+        shutil.rmtree(old)
+    else:
+        staging.rename(target)
+    return target
+
+
 def summary_lines(run_dir: Path) -> list[str]:
     """The headline figures of a finished run, as printed at its end."""
     seeds = run_dir / "seeds.csv"
@@ -333,6 +366,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m avlib.localise", description=__doc__.split("\n\n")[0])
     parser.add_argument("inputs", nargs="+", help="a params file, or (with --checkpoint) videos and folders")
     parser.add_argument("--seeds", help="comma-separated training seeds, e.g. 0,1,2")
+    parser.add_argument("--reference", action="store_true",
+                        help="with --seeds: copy the run to results/reference/<run_name>/ (committed)")
     parser.add_argument("--checkpoint", help="a trained localiser.pt: predict segments of the inputs")
     parser.add_argument("--out", default="segments.json", help="with --checkpoint: where the JSON goes")
     parser.add_argument("--figure", help="with --checkpoint: a PNG of each video's per-frame P(fake) and top segments")
@@ -365,8 +400,12 @@ def main(argv=None) -> int:
         if len(args.inputs) != 1:
             parser.error("give one params file (or --checkpoint with videos)")
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+        if args.reference and not seeds:
+            parser.error("--reference needs --seeds")
         run_dir = run(load_params(args.inputs[0]), seeds=seeds)
         print("\n".join(summary_lines(run_dir)))
+        if args.reference:
+            print(f"reference renewed: {portable(write_reference(run_dir, resolve('results') / 'reference'))}/")
         return 0
     except ParameterError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -4,9 +4,12 @@ learns planted segments, and the command end to end."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import nbformat
 import numpy as np
 import pandas as pd
+import papermill
 import pytest
 import torch
 
@@ -16,11 +19,13 @@ from avlib.dataio.synthetic_partial import PartialSpec, entry, generate_partial,
 from avlib.dataio.synthetic_styles import STYLES
 from avlib.dataio.video_cache import cache_videos, frame_mask, read_video_entry
 from avlib.core.errors import ParameterError
-from avlib.localise import check_params, corpus_spec, load_localiser, main, predict_files, run
+from avlib.evaluation.localise import localisation_metrics
+from avlib.localise import check_params, corpus_spec, load_localiser, main, parameters_cell, predict_files
 from avlib.scoring.segment_metrics import localisation_report
 from avlib.scoring.segments import propose, soft_nms, video_scores, window_frame_starts
 from avlib.training.localise import frame_ap, train_localiser
 
+ROOT = Path(__file__).resolve().parents[1]
 TINY = PartialSpec(identities=6, seconds=4.0, size=32, styles=("studio", "webcam"), val_identities=2,
                    test_identities=2, max_segments=2, segment_seconds=(0.3, 1.0))
 
@@ -124,12 +129,25 @@ def test_check_params_names_the_bad_parameter():
         corpus_spec(check_params({"seconds": 3.0}))
 
 
-def test_the_command_runs_the_chain_and_predicts_segments_of_files(tmp_path):
+def test_the_notebook_s_parameters_cell_is_the_declaration():
+    nb = nbformat.read(ROOT / "notebooks" / "localise.ipynb", as_version=4)
+    cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(cells) == 1 and cells[0].source == parameters_cell()
+    assert all(not c.outputs for c in nb.cells if c.cell_type == "code")
+
+
+def test_the_notebook_runs_the_chain_and_the_command_predicts_segments_of_files(tmp_path):
     params = dict(run_name="tiny", results_dir=str(tmp_path / "results"), data_dir=str(tmp_path / "data" / "partial"),
                   cache_dir=str(tmp_path / "cache"), identities=4, seconds=5.0, corpus_styles="studio",
                   val_identities=1, test_identities=1, heldout_styles="outdoor", heldout_identities=1, size=32,
                   frames=32, epochs=1, windows_per_video=1, ablation=True)
-    run_dir = run(params, log=lambda line: None)
+    # through the notebook, as a person runs it (papermill, kernel in notebooks/)
+    executed = tmp_path / "localise.ipynb"
+    papermill.execute_notebook(str(ROOT / "notebooks" / "localise.ipynb"), str(executed), parameters=params,
+                               cwd=str(ROOT / "notebooks"), progress_bar=False)
+    run_dir = tmp_path / "results" / "tiny"
+    outputs = [o for c in nbformat.read(executed, as_version=4).cells if c.cell_type == "code" for o in c.outputs]
+    assert sum(o.get("output_type") == "display_data" and "image/png" in o.get("data", {}) for o in outputs) == 3
     metrics = json.loads((run_dir / "metrics.json").read_text())
     sets = metrics["localisation"]
     assert set(sets) == {"sync_evidence", "no_sync_evidence"} and set(sets["sync_evidence"]) == {"main", "heldout"}
@@ -156,3 +174,21 @@ def test_the_command_runs_the_chain_and_predicts_segments_of_files(tmp_path):
                  "--figure", str(tmp_path / "timeline.png")])
     assert code == 0 and (tmp_path / "timeline.png").stat().st_size > 1000
     assert json.loads((tmp_path / "s.json").read_text())[str(videos[0])]["segments"] is not None
+
+
+def test_localisation_metrics_of_a_perfect_prediction_reach_the_official_ceiling():
+    index = pd.DataFrame([
+        {"file": "r.mp4", "label": 0, "category": "real", "fake_periods": "[]"},
+        {"file": "a.mp4", "label": 1, "category": "audio_modified", "fake_periods": "[[1.0, 1.5], [3.0, 4.0]]"},
+        {"file": "v.mp4", "label": 1, "category": "visual_modified", "fake_periods": "[[2.0, 2.4]]"}])
+    scored = {"proposals": {"r.mp4": np.zeros((0, 3)), "a.mp4": np.array([[0.9, 1.0, 1.5], [0.8, 3.0, 4.0]]),
+                            "v.mp4": np.array([[0.7, 2.0, 2.4]])},
+              "modality": {"r.mp4": [], "a.mp4": ["audio", "audio"], "v.mp4": ["audio"]},
+              "videos": pd.DataFrame({"file": ["r.mp4", "a.mp4", "v.mp4"], "label": [0, 1, 1],
+                                      "max": [0.1, 0.9, 0.7], "mean": [0.1, 0.3, 0.05]})}
+    report = localisation_metrics(index, scored)
+    assert report["fake_segments"] == 3 and report["ap_ceiling"] == pytest.approx(2 / 3)
+    assert report["avdeepfake1m"]["ap@0.95"] == pytest.approx(2 / 3) and report["avdeepfake1m"]["ar@5"] == 1.0
+    assert report["by_modify_type"]["audio_modified"]["ap@0.5"] == pytest.approx(0.5)      # 2 segments: 1 - 1/2
+    assert report["video_level"]["auc_peak"] == 1.0 and report["video_level"]["auc_mean_of_frames"] == 0.5
+    assert report["modality"]["audio_modified"] == 1.0 and report["modality"]["visual_modified"] == 0.0

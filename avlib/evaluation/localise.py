@@ -5,6 +5,8 @@ manipulation.
 `localise_set` scores every video of a set (per-frame P(fake) from overlapping windows,
 proposals from it) and `localisation_metrics` reports, for that set:
 - `avdeepfake1m` and `lavdf`: the benchmarks' AP/AR (avlib.scoring.segment_metrics);
+- `ap_ceiling`: 1 - 1/(true segments), the most AP can reach on the set by the official code
+  (a perfect prediction of 10 segments scores 0.9);
 - `ap_by_iou`: AP at IoU 0.5, 0.55, ..., 0.95 (the AP-IoU curve);
 - `by_modify_type`: AP@0.5 and AR@50 on the videos of one manipulation with the real videos
   (their proposals are false positives too);
@@ -57,6 +59,12 @@ def localise_set(model, cache_dir, index: pd.DataFrame, *, device="cpu", amp: bo
     return out
 
 
+def ap_ceiling(n_segments: int) -> float:
+    """The highest AP the benchmarks' code gives a set with n true segments: 1 - 1/n (its
+    precision-recall sum skips the first step; see avlib.scoring.segment_metrics)."""
+    return 1.0 - 1.0 / n_segments if n_segments else float("nan")
+
+
 def _auc(labels, scores) -> float:
     return float(roc_auc_score(labels, scores)) if len(np.unique(labels)) == 2 else float("nan")
 
@@ -65,7 +73,8 @@ def localisation_metrics(index: pd.DataFrame, scored: dict) -> dict:
     """The report described in the module docstring, for one set."""
     truths = truths_of(index)
     proposals = {f: scored["proposals"][f] for f in truths}
-    report = {"videos": len(truths), "fake_segments": int(sum(len(t) for t in truths.values())),
+    n_segments = int(sum(len(t) for t in truths.values()))
+    report = {"videos": len(truths), "fake_segments": n_segments, "ap_ceiling": ap_ceiling(n_segments),
               "avdeepfake1m": localisation_report(proposals, truths, "avdeepfake1m"),
               "lavdf": localisation_report(proposals, truths, "lavdf"),
               "ap_by_iou": {f"{iou:.2f}": average_precision(proposals, truths, float(iou)) for iou in AP_IOUS},
@@ -75,7 +84,9 @@ def localisation_metrics(index: pd.DataFrame, scored: dict) -> dict:
     for kind in sorted(set(categories) - {"real"}):
         files = [f for f in truths if categories[f] == kind] + real
         sub = localisation_report({f: proposals[f] for f in files}, {f: truths[f] for f in files}, "avdeepfake1m")
-        report["by_modify_type"][kind] = {"videos": len(files) - len(real), "ap@0.5": sub["ap@0.5"],
+        n_kind = int(sum(len(truths[f]) for f in files))
+        report["by_modify_type"][kind] = {"videos": len(files) - len(real), "fake_segments": n_kind,
+                                          "ap_ceiling": ap_ceiling(n_kind), "ap@0.5": sub["ap@0.5"],
                                           "ap@0.75": sub["ap@0.75"], "ar@50": sub["ar@50"]}
     videos = scored["videos"]
     videos = videos[videos["file"].isin(truths)]
