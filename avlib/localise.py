@@ -22,6 +22,7 @@ written in the submission format, without metrics.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import shutil
 import sys
@@ -37,10 +38,13 @@ from avlib.core.params import Param, amp, choice, device, flag, folder_name, fra
 from avlib.core.paths import portable, read_json, resolve, write_csv, write_json
 from avlib.core.runtime import cpu_description, pick_device, resolve_amp
 from avlib.dataio.decode import decode_clip
+from avlib.dataio.cache import CacheError
 from avlib.dataio.indexers import index_dataset
+from avlib.dataio.records import DatasetIndexError
 from avlib.dataio.inputs import expand_paths
-from avlib.dataio.synthetic_partial import PartialSpec, generate_partial
+from avlib.dataio.synthetic_partial import PartialSpec, generate_partial, identity_split
 from avlib.dataio.video_cache import cache_videos, media_duration
+from avlib.dataio.localisation_sets import write_submission
 from avlib.evaluation.localise import localisation_metrics, localise_set, submission
 from avlib.figures.localise import plot_ap_iou, plot_localisation_timelines
 from avlib.models.localiser import FrameLocaliser
@@ -121,6 +125,13 @@ def corpus_spec(p: dict, *, heldout: bool = False) -> PartialSpec:
         spec.check()
     except ValueError as e:
         raise ParameterError(str(e)) from None
+    if not heldout:
+        splits = {identity_split(spec, i) for i in range(spec.identities)}
+        if not {"train", "val"} <= splits:
+            raise ParameterError(f"parameters `identities` ({spec.identities}), `val_identities` "
+                                 f"({spec.val_identities}) and `test_identities` ({spec.test_identities}) leave no "
+                                 f"{' and no '.join(sorted({'train', 'val'} - splits))} identity (each split takes "
+                                 f"whole identities per style, rounded up: {len(spec.styles)} style(s))")
     return spec
 
 
@@ -136,7 +147,8 @@ def roles(index: pd.DataFrame, p: dict) -> pd.DataFrame:
     """`index` with `split` renamed to our roles train / val / test (see the module docstring)."""
     index = index.copy()
     index["split"] = index["split"].replace({"dev": "val"})
-    index.loc[index["label"] < 0, "split"] = "unlabelled"          # scored for a submission, never measured
+    unlabelled = index["label"] < 0                  # scored for a submission, never measured; testA/testB kept apart
+    index.loc[unlabelled, "split"] = "unlabelled_" + index.loc[unlabelled, "split"].astype(str)
     if p["dataset"] == "avdeepfake1m":
         index.loc[index["split"] == "val", "split"] = "test"
         train_ids = sorted(set(index.loc[index["split"] == "train", "identity"]))
@@ -146,8 +158,9 @@ def roles(index: pd.DataFrame, p: dict) -> pd.DataFrame:
     return index
 
 
-def prepare(p: dict, log=print) -> dict[str, tuple[pd.DataFrame, Path]]:
-    """{set name: (cached index, cache folder)}: `main` (train/val/test) and `heldout` when asked."""
+def prepare(p: dict, log=print) -> dict[str, tuple[pd.DataFrame, Path, pd.DataFrame]]:
+    """{set name: (cached index, cache folder, records that could not be decoded)}: `main`
+    (train/val/test) and `heldout` when asked."""
     sets = {"main": (resolve(p["data_dir"]), False)}
     if p["dataset"] == "synthetic_partial" and p["heldout_styles"]:
         sets["heldout"] = (resolve(p["data_dir"]).with_name(resolve(p["data_dir"]).name + "_heldout"), True)
@@ -157,8 +170,9 @@ def prepare(p: dict, log=print) -> dict[str, tuple[pd.DataFrame, Path]]:
             generate_partial(folder, corpus_spec(p, heldout=heldout), progress=True)
         # the synthetic corpus is written in AV-Deepfake1M's layout, and read by its indexer
         records = index_dataset("avdeepfake1m" if p["dataset"] == "synthetic_partial" else p["dataset"], folder)
+        where = hashlib.sha1(str(folder).encode()).hexdigest()[:8]       # two folders of one name never share a cache
         cache = resolve(p["cache_dir"]) if p["cache_dir"] else resolve("cache") / (
-            f"localise-{p['dataset']}-{folder.name}-{p['size']}px-{p['fps']:g}fps")
+            f"localise-{p['dataset']}-{folder.name}-{where}-{p['size']}px-{p['fps']:g}fps")
         if name == "heldout" and p["cache_dir"]:
             cache = cache.with_name(cache.name + "_heldout")
         index, failures = cache_videos(records, folder, cache, fps=p["fps"], size=p["size"])
@@ -166,19 +180,21 @@ def prepare(p: dict, log=print) -> dict[str, tuple[pd.DataFrame, Path]]:
             log(f"{len(failures)} video(s) of {portable(folder)} could not be decoded; see {portable(cache / 'failures.csv')}")
         if index.empty:
             raise ParameterError(f"parameter `data_dir`: no video of {folder} could be decoded")
-        out[name] = (roles(index, p), cache)
+        out[name] = (roles(index, p), cache, roles(failures, p) if len(failures) else failures)
     return out
 
 
-def run_seed(p: dict, sets: dict, out_dir: Path, log=print) -> dict:
+def run_seed(p: dict, sets: dict, out_dir: Path, log=print, corpus_seed: int | None = None) -> dict:
     """Train one localiser (and its ablation when asked), evaluate every set, write the run's
     files into out_dir; returns metrics.json's content."""
     dev = pick_device(p["device"])
     use_amp = resolve_amp(p["amp"], dev, log=log)
-    index, cache = sets["main"]
+    index, cache, _ = sets["main"]
     figures = out_dir / "figures"
     metrics = {"localisation": {}, "cpu": cpu_description(), "device": str(dev), "amp": use_amp,
-               "params": p}
+               "params": p, "corpus_seed": corpus_seed if corpus_seed is not None else p["seed"],
+               "not_decoded": {name: failures.groupby("split").size().to_dict() if len(failures) else {}
+                               for name, (_, _, failures) in sets.items()}}
     variants = [("sync_evidence", p["sync_evidence"])] + ([("no_sync_evidence", False)] if p["ablation"] else [])
     for variant, sync in variants:
         log(f"training the localiser ({variant.replace('_', ' ')}), seed {p['seed']}")
@@ -192,17 +208,21 @@ def run_seed(p: dict, sets: dict, out_dir: Path, log=print) -> dict:
             save_checkpoint(out_dir / "localiser.pt", {"model": model.state_dict(), "params": p,
                                                        "config": model_config(model)})
         results = {}
-        for name, (set_index, set_cache) in sets.items():
-            for split in ("test", "unlabelled"):
+        for name, (set_index, set_cache, failures) in sets.items():
+            unlabelled = sorted(s for s in set(set_index["split"]) | set(failures.get("split", [])) if s.startswith("unlabelled_"))
+            for split in ["test"] + (unlabelled if main_variant else []):
                 part = set_index[set_index["split"] == split]
-                if part.empty or (split == "unlabelled" and not main_variant):
+                if part.empty:
                     continue
                 scored = localise_set(model, set_cache, part, device=dev, amp=use_amp)
-                suffix = name if split == "test" else f"{name}_unlabelled"
+                suffix = name if split == "test" else f"{name}_{split}"
                 if split == "test":
                     results[name] = localisation_metrics(part, scored)
                 if main_variant:
-                    write_json(out_dir / f"segments_{suffix}.json", submission(scored))
+                    # every video of the split, an undecodable one with no segment: the scorer needs them all
+                    lost = failures[failures["split"] == split]["file"].tolist() if len(failures) else []
+                    write_submission({f: [tuple(r) for r in rows] for f, rows in submission(scored).items()},
+                                     out_dir / f"segments_{suffix}.json", files=part["file"].tolist() + lost)
                     write_csv(out_dir / f"videos_{suffix}.csv", scored["videos"])
                     if split == "test":
                         plot_localisation_timelines(part, scored, figures, fps=p["fps"],
@@ -269,8 +289,8 @@ def run(params: dict, *, seeds: list[int] | None = None, log=print) -> Path:
         run_seed(p, sets, run_dir, log)
         return run_dir
     runs = {}
-    for seed in seeds:
-        runs[seed] = run_seed({**p, "seed": seed}, sets, run_dir / f"seed_{seed}", log)
+    for seed in seeds:          # one corpus (made with the params' seed), a model per training seed
+        runs[seed] = run_seed({**p, "seed": seed}, sets, run_dir / f"seed_{seed}", log, corpus_seed=p["seed"])
     table = summarise_seeds(runs)
     write_csv(run_dir / "seeds.csv", table)
     write_json(run_dir / "metrics.json", {"seeds": seeds, "cpu": cpu_description(),
@@ -407,7 +427,7 @@ def main(argv=None) -> int:
         if args.reference:
             print(f"reference renewed: {portable(write_reference(run_dir, resolve('results') / 'reference'))}/")
         return 0
-    except ParameterError as e:
+    except (ParameterError, CacheError, DatasetIndexError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -4,6 +4,7 @@ learns planted segments, and the command end to end."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import nbformat
@@ -14,9 +15,7 @@ import pytest
 import torch
 
 from avlib.dataio.indexers import index_dataset
-from avlib.dataio.synthetic import clip_fps
 from avlib.dataio.synthetic_partial import PartialSpec, entry, generate_partial, plan_partial, render_partial
-from avlib.dataio.synthetic_styles import STYLES
 from avlib.dataio.video_cache import cache_videos, frame_mask, read_video_entry
 from avlib.core.errors import ParameterError
 from avlib.evaluation.localise import localisation_metrics
@@ -41,7 +40,7 @@ def _inside(segments, n, rate):
 def test_a_partial_fake_differs_from_its_real_video_inside_its_segments_only(kind):
     for row in [r for r in plan_partial(TINY) if r["modify_type"] == kind][:2]:     # one per style
         frames, audio, real_frames, real_audio = render_partial(TINY, row)
-        fps = clip_fps(TINY.corpus(), STYLES[row["style"]])
+        fps = TINY.fps
         meta = entry(TINY, row)
         periods = [tuple(p) for p in meta["fake_segments"]]
         assert periods and all(0 < a < b <= TINY.seconds for a, b in periods)
@@ -101,11 +100,29 @@ def test_the_generated_corpus_is_read_by_the_avdeepfake1m_indexer_and_cached_wit
                                    progress=False)
     broken.unlink()
     assert len(index) == len(records) and failures["path"].tolist() == ["test/broken.mp4"]
-    assert "broken.mp4" in failures["reason"].iloc[0] or failures["reason"].iloc[0]
-    for r in index[index["category"] == "both_modified"].head(2).to_dict("records"):
-        mask = read_video_entry(tmp_path / "cache", r["clip_id"])["mask"]
-        want = frame_mask([tuple(x) for x in json.loads(r["fake_periods"])], len(mask), 25.0)
-        assert (mask[:, 0] == want).all() and (mask[:, 1] == want).all() and want.any()
+    assert failures["reason"].iloc[0].startswith("DecodeError") and failures["file"].iloc[0] == "broken.mp4"
+    originals = index.set_index("file")
+    for r in index[index["category"] != "real"].to_dict("records"):
+        fake = read_video_entry(tmp_path / "cache", r["clip_id"])
+        real = read_video_entry(tmp_path / "cache", originals.loc[r["original"], "clip_id"])
+        want = frame_mask([tuple(x) for x in json.loads(r["fake_periods"])], len(fake["mask"]), 25.0)
+        assert want.any() and (fake["mask"].any(1) == want).all()
+        diff = np.abs(fake["video"].astype(int) - real["video"].astype(int)).mean(axis=(1, 2, 3))
+        if r["category"] == "audio_modified":
+            assert not diff.any()
+            continue
+        # the decoded frames part from the original's where the mask begins: identical before it (but
+        # for up to 3 B-frames that H.264 predicts from the changed ones), different inside it (and
+        # after it too: later frames are predicted from the changed ones)
+        first = int(np.flatnonzero(want)[0])
+        assert not diff[:max(0, first - 3)].any() and diff[want].min() > 0, (r["file"], first, diff.round(1))
+    # a relabelled video is decoded again, never reused with its old mask
+    changed = records.copy()
+    row = changed.index[changed["category"] == "visual_modified"][0]
+    changed.loc[row, "visual_fake_periods"] = changed.loc[row, "fake_periods"] = "[[0.0, 1.0]]"
+    again, _ = cache_videos(changed, tiny_corpus, tmp_path / "cache", fps=25.0, size=32, progress=False)
+    mask = read_video_entry(tmp_path / "cache", again.loc[row, "clip_id"])["mask"]
+    assert mask[:25, 0].all() and not mask[25:, 0].any()
 
 
 def test_a_small_localiser_recovers_planted_segments_better_than_chance(tiny_corpus, tmp_path):
@@ -141,6 +158,10 @@ def test_the_notebook_runs_the_chain_and_the_command_predicts_segments_of_files(
                   cache_dir=str(tmp_path / "cache"), identities=4, seconds=5.0, corpus_styles="studio",
                   val_identities=1, test_identities=1, heldout_styles="outdoor", heldout_identities=1, size=32,
                   frames=32, epochs=1, windows_per_video=1, ablation=True)
+    corpus = generate_partial(params["data_dir"], corpus_spec(check_params(params)), progress=False)
+    (corpus / "testA").mkdir()           # a hidden-label subset, as AV-Deepfake1M++ ships testA
+    shutil.copy(next((corpus / "test").rglob("*.mp4")), corpus / "testA" / "000001.mp4")
+    (corpus / "testA_files.txt").write_text("000001.mp4\nmissing.mp4\n")
     # through the notebook, as a person runs it (papermill, kernel in notebooks/)
     executed = tmp_path / "localise.ipynb"
     papermill.execute_notebook(str(ROOT / "notebooks" / "localise.ipynb"), str(executed), parameters=params,
@@ -154,6 +175,8 @@ def test_the_notebook_runs_the_chain_and_the_command_predicts_segments_of_files(
     in_domain = sets["sync_evidence"]["main"]
     assert set(in_domain["avdeepfake1m"]) >= {"ap@0.5", "ap@0.75", "ap@0.9", "ap@0.95", "ar@50", "score"}
     assert set(in_domain["by_modify_type"]) == {"audio_modified", "visual_modified", "both_modified"}
+    hidden = json.loads((run_dir / "segments_main_unlabelled_testA.json").read_text())
+    assert list(hidden) == ["000001.mp4"] and len(hidden["000001.mp4"]) > 0     # scored, never measured
     segments = json.loads((run_dir / "segments_main.json").read_text())
     assert len(segments) == 5 and all(all(len(p) == 3 for p in v) for v in segments.values())
     comparison = pd.read_csv(run_dir / "comparison.csv")

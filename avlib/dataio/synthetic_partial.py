@@ -15,8 +15,10 @@ modify type, as AV-Deepfake1M makes its fakes from real VoxCeleb2 videos:
   carries the style's face-manipulation artifacts; the voice is the original;
 - both_modified: the clone speaks in the segment and the lips are re-rendered to it.
 Outside the segments every frame and every audio sample is the real video's, byte for byte
-(before encoding; `render_partial` returns both for the test). Segment times are snapped to
-the video's frame grid, so the metadata is exact in frames and in samples. Identities are
+(before encoding; `render_partial` returns both for the test). Every video is rendered at
+`fps` (25, as AV-Deepfake1M's are, whatever the style's own rate in the clip corpus: that
+dataset's metadata and loaders take frame counts at 25 fps), and segment times are snapped to
+its frame grid, so the metadata is exact in frames and in samples. Identities are
 dealt to train/val/test (`val_identities`, `test_identities`), and to the styles in turn, so a
 corpus of one style with every identity in `test` is a held-out-style set.
 """
@@ -40,7 +42,6 @@ from avlib.dataio.synthetic import (
     CorpusSpec,
     _skin_shift,
     _speech_rng,
-    clip_fps,
     envelope,
     identity_traits,
     real_speech,
@@ -152,7 +153,7 @@ def plan_partial(spec: PartialSpec) -> list[dict]:
         for k, modify in enumerate(fakes):
             sentence = int(rng.integers(2))
             rows.append(dict(base, file=f"{ident}/{sentence:05d}_{k}_{modify.split('_')[0]}.mp4",
-                             sentence=sentence, modify_type=modify, segments=draw_segments(rng, spec, clip_fps(spec.corpus(), STYLES[style])),
+                             sentence=sentence, modify_type=modify, segments=draw_segments(rng, spec, spec.fps),
                              strength_video=float(rng.uniform(*STYLES[style].strength_video)),
                              strength_audio=float(rng.uniform(*STYLES[style].strength_audio))))
     for j, row in enumerate(rows):
@@ -164,7 +165,7 @@ def render_partial(spec: PartialSpec, row: dict) -> tuple[list[np.ndarray], np.n
     """(frames, audio) of one planned video, and (real frames, real audio) of the video it was
     made from (the same for a real row)."""
     corpus, style = spec.corpus(), STYLES[row["style"]]
-    fps, size, seconds = clip_fps(corpus, style), spec.size, spec.seconds
+    fps, size, seconds = spec.fps, spec.size, spec.seconds
     ident = int(row["identity"][2:])
     src = identity_traits(corpus, row["identity"])
     sentence = row["sentence"]
@@ -219,7 +220,7 @@ def render_partial(spec: PartialSpec, row: dict) -> tuple[list[np.ndarray], np.n
 
 def entry(spec: PartialSpec, row: dict) -> dict:
     """The row's metadata entry in AV-Deepfake1M's format (times in seconds)."""
-    fps = clip_fps(spec.corpus(), STYLES[row["style"]])
+    fps = spec.fps
     periods = [[a, b] for a, b in row["segments"]]
     visual = periods if row["modify_type"] in ("visual_modified", "both_modified") else []
     audio = periods if row["modify_type"] in ("audio_modified", "both_modified") else []
@@ -271,5 +272,5 @@ def _write_job(job) -> None:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.stem}.tmp.mp4")
     style = STYLES[row["style"]]
-    write_video(tmp, frames, clip_fps(spec.corpus(), style), audio, SAMPLE_RATE, crf=style.crf)
+    write_video(tmp, frames, spec.fps, audio, SAMPLE_RATE, crf=style.crf)
     os.replace(tmp, final)

@@ -9,7 +9,10 @@ each video is decoded once, whole, on the model's time grid, and kept with its m
     cache_dir/videos/<clip_id>.npz   video uint8 (T, H, W, 3), audio int16 (N,),
                                      mask uint8 (T, 2): frame t's visual and audio fake flags
     cache_dir/index.csv              the indexer's records that are cached, with clip_id and frames
-    cache_dir/failures.csv           path, reason: files that could not be decoded
+    cache_dir/failures.csv           the records of files that could not be decoded, with the reason
+
+Each entry keeps a fingerprint of its source (size, modification time, fake periods): a video
+regenerated or relabelled since is decoded again, never reused with other labels.
 
 Frame t covers [t / fps, (t + 1) / fps); it is fake in a modality when its centre lies inside
 one of that modality's fake periods. Entries are written atomically (temporary file, then
@@ -27,7 +30,7 @@ import av
 import numpy as np
 import pandas as pd
 
-from avlib.core.paths import read_json, umask_mode, write_csv, write_json
+from avlib.core.paths import is_disk_full, read_json, umask_mode, write_csv, write_json
 from avlib.core.progress import ProgressLines
 from avlib.dataio.cache import CacheError, clip_id
 from avlib.dataio.decode import decode_clip, open_media
@@ -80,23 +83,47 @@ def cache_videos(records: pd.DataFrame, data_dir: str | Path, cache_dir: str | P
     for record in records.to_dict("records"):
         cid = clip_id(record["path"])
         target = cache_dir / "videos" / f"{cid}.npz"
+        source = data_dir / record["path"]
         try:
-            if not target.exists():
-                _write_entry(target, data_dir / record["path"], record, settings)
+            mark = fingerprint(source, record)
+            if stored_fingerprint(target) != mark:        # new, or its file or labels changed since
+                _write_entry(target, source, record, settings, mark)
             with np.load(target) as entry:
                 frames = int(entry["mask"].shape[0])
             rows.append({**record, "clip_id": cid, "frames": frames})
+        except (MemoryError, KeyboardInterrupt):
+            raise
         except Exception as e:  # noqa: BLE001 - one unusable file must not stop the others; it is listed
-            failures.append({"path": record["path"], "reason": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]})
+            if is_disk_full(e):
+                raise           # no fault of the file: stop, keeping the videos cached so far
+            failures.append({**record, "reason": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]})
         bar.update()
     index = pd.DataFrame(rows)
-    fails = pd.DataFrame(failures, columns=["path", "reason"])
+    fails = pd.DataFrame(failures, columns=list(records.columns) + ["reason"])
     write_csv(cache_dir / "index.csv", index)
     write_csv(cache_dir / "failures.csv", fails)
     return index, fails
 
 
-def _write_entry(target: Path, path: Path, record: dict, settings: dict) -> None:
+def fingerprint(path: Path, record: dict) -> str:
+    """What a cached entry was made from: the file's size and modification time and the
+    record's fake periods. An entry whose fingerprint differs (the corpus was regenerated, the
+    labels changed) is decoded again rather than reused with other labels."""
+    stat = path.stat()
+    return json.dumps([stat.st_size, stat.st_mtime_ns] + [periods_of(record, m) for m in MODALITIES])
+
+
+def stored_fingerprint(target: Path) -> str | None:
+    if not target.exists():
+        return None
+    try:
+        with np.load(target) as entry:
+            return str(entry["source"]) if "source" in entry.files else None
+    except (OSError, ValueError):
+        return None             # unreadable: made again
+
+
+def _write_entry(target: Path, path: Path, record: dict, settings: dict, mark: str) -> None:
     fps = settings["fps"]
     # the container's own duration: AV-Deepfake1M's metadata derives it from a frame count at
     # 25 fps, which is not every file's rate
@@ -114,7 +141,7 @@ def _write_entry(target: Path, path: Path, record: dict, settings: dict) -> None
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, video=clip.video[:t], audio=audio, mask=mask)
+            np.savez(f, video=clip.video[:t], audio=audio, mask=mask, source=np.array(mark))
         os.chmod(tmp, umask_mode())
         os.replace(tmp, target)
     finally:
