@@ -433,10 +433,11 @@ def _talk_video(path: Path, seconds: float, size: int) -> Path:
 
 
 def bench_predict(seconds: float, size: int, repeats: int, workers: int, batch: int, full: bool,
-                  log=print) -> dict:
-    """Seconds of video scored per second by predict's path (decode once, windows batched, decoding
-    in `workers` processes) and by the per-window loop it replaced (open, seek and decode each
-    window, score it alone), on the same file, in interleaved rounds; the share of the time spent
+                  videos: int = 1, log=print) -> dict:
+    """Seconds of video scored per second by predict's path (decode once, windows batched across
+    files, decoding in `workers` processes) and by the per-window loop it replaced (open, seek and
+    decode each window, score it alone), on the same files (`videos` copies of one file of
+    `seconds`: a folder of short clips), in interleaved rounds; the share of the time spent
     decoding; peak RSS. Untrained weights: speed does not depend on them."""
     import torch  # deferred: loads torch
 
@@ -446,6 +447,7 @@ def bench_predict(seconds: float, size: int, repeats: int, workers: int, batch: 
     tmp = Path(tempfile.mkdtemp(prefix="avlib-bench-"))
     try:
         path = _talk_video(tmp / "talk.mp4", seconds, size)
+        paths = [path] + [shutil.copy(path, tmp / f"talk{i}.mp4") for i in range(1, videos)]
         if full:       # the seed's model and window: R(2+1)D-18 on 128 frames of 112x112 at 25 fps, 40 x 200 MFCC
             cfg = dict(frames=128, size=112, fps=25.0, n_mfcc=40, mfcc_steps=200, sample_rate=16000)
             model = build_model()
@@ -461,7 +463,7 @@ def bench_predict(seconds: float, size: int, repeats: int, workers: int, batch: 
         starts = window_starts(seconds, plan.seconds, plan.seconds)
 
         def per_window():
-            for start in starts:
+            for start, path in [(s, p) for p in paths for s in starts]:
                 clip = decode_clip(path, frames=cfg["frames"], size=cfg["size"], fps=cfg["fps"], offset=start,
                                    threads=1)
                 video = torch.from_numpy(np.ascontiguousarray(clip.video.transpose(3, 0, 1, 2)))[None]
@@ -473,13 +475,14 @@ def bench_predict(seconds: float, size: int, repeats: int, workers: int, batch: 
                     model(*inputs)
 
         def streamed(n_workers):
-            score_videos(model, [path], plan, device, batch_size=batch, workers=n_workers, amp=amp,
+            score_videos(model, paths, plan, device, batch_size=batch, workers=n_workers, amp=amp,
                          on_video=lambda *a: None)
 
         def decode_only():
-            for _ in VideoWindows([path], plan):
+            for _ in VideoWindows(paths, plan):
                 pass
 
+        total = seconds * videos
         times = {"per-window loop": [], f"predict, {workers} workers": [], "predict, no workers": [],
                  "decoding alone": []}
         for r in range(repeats):
@@ -487,12 +490,12 @@ def bench_predict(seconds: float, size: int, repeats: int, workers: int, batch: 
                 start = time.perf_counter()
                 run()
                 times[name].append(time.perf_counter() - start)
-            log(f"  round {r + 1}/{repeats}: " + ", ".join(f"{k} {seconds / v[-1]:.1f}" for k, v in times.items())
+            log(f"  round {r + 1}/{repeats}: " + ", ".join(f"{k} {total / v[-1]:.1f}" for k, v in times.items())
                 + " s of video/s")
         mean = {k: float(np.mean(v)) for k, v in times.items()}
         rss = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-        return {"seconds": seconds, "windows": len(starts), "amp": amp,
-                **{f"{k} video_s_per_s": seconds / v for k, v in mean.items()},
+        return {"seconds": total, "videos": videos, "windows": len(starts) * videos, "amp": amp,
+                **{f"{k} video_s_per_s": total / v for k, v in mean.items()},
                 "speedup": mean["per-window loop"] / mean[f"predict, {workers} workers"],
                 "decode_share": mean["decoding alone"] / mean["predict, no workers"],
                 "peak_rss_mb": rss[0] / 1024, "peak_rss_worker_mb": rss[1] / 1024}
@@ -517,6 +520,7 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=2, help="fit: epochs (the last one is timed)")
     parser.add_argument("--fps", type=float, default=25.0, help="sync: the clips' frame rate")
     parser.add_argument("--seconds", type=float, default=300.0, help="predict: length of the video")
+    parser.add_argument("--videos", type=int, default=1, help="predict: that many files of --seconds (a folder of clips)")
     parser.add_argument("--video-size", type=int, default=224, help="predict: the video's frame side (720 for 720p-ish)")
     parser.add_argument("--full", action="store_true", help="predict: the seed's full-size model, not the sync demo's")
     parser.add_argument("--amp", default="auto", choices=["auto", "true", "false"],
@@ -529,10 +533,11 @@ def main(argv=None) -> int:
         print(json.dumps({k: r[k] for k in ("seed_train_clips_per_s", "seed_infer_clips_per_s")}))
         return 0
     if args.what == "predict":
-        print(f"predict on a {args.seconds:g} s H.264/AAC video of {args.video_size}x{args.video_size}, "
+        print(f"predict on {args.videos} H.264/AAC video(s) of {args.seconds:g} s, {args.video_size}x{args.video_size}, "
               f"{'the seed model (128x112x112)' if args.full else 'the sync demo model (32x32x32, 16 fps)'}, "
               f"batch {args.batch}, {args.repeats} interleaved rounds; CPU: {cpu_description()}")
-        r = bench_predict(args.seconds, args.video_size, args.repeats, args.workers, args.batch, args.full)
+        r = bench_predict(args.seconds, args.video_size, args.repeats, args.workers, args.batch, args.full,
+                          videos=args.videos)
         for key in [k for k in r if k.endswith("video_s_per_s")]:
             print(f"  {key[:-len(' video_s_per_s')]:>24}: {r[key]:7.1f} s of video per second (mean of {args.repeats})")
         print(f"  predict / per-window loop: {r['speedup']:.1f}x; decoding is {100 * r['decode_share']:.0f} % of "

@@ -45,7 +45,7 @@ from avlib.dataio.inputs import expand_paths
 from avlib.dataio.synthetic_partial import PartialSpec, generate_partial, identity_split
 from avlib.dataio.video_cache import cache_videos, media_duration
 from avlib.dataio.localisation_sets import write_submission
-from avlib.evaluation.localise import localisation_metrics, localise_set, submission
+from avlib.evaluation.localise import localisation_metrics, localise_set, submission, video_verdict
 from avlib.figures.localise import plot_ap_iou, plot_localisation_timelines
 from avlib.models.localiser import FrameLocaliser
 from avlib.scoring.segments import frame_probabilities, proposal_modality, propose, video_scores
@@ -203,10 +203,12 @@ def run_seed(p: dict, sets: dict, out_dir: Path, log=print, corpus_seed: int | N
                                          amp=use_amp, sync_evidence=sync, windows_per_video=p["windows_per_video"],
                                          log=log)
         main_variant = variant == variants[0][0]
+        val_videos = localise_set(model, cache, index[index["split"] == "val"], device=dev, amp=use_amp)["videos"]
         if main_variant:
             write_csv(out_dir / "history.csv", history)
+            threshold = video_verdict(val_videos, val_videos)["peak"]["threshold"]
             save_checkpoint(out_dir / "localiser.pt", {"model": model.state_dict(), "params": p,
-                                                       "config": model_config(model)})
+                                                       "config": model_config(model), "video_threshold": threshold})
         results = {}
         for name, (set_index, set_cache, failures) in sets.items():
             unlabelled = sorted(s for s in set(set_index["split"]) | set(failures.get("split", [])) if s.startswith("unlabelled_"))
@@ -217,7 +219,8 @@ def run_seed(p: dict, sets: dict, out_dir: Path, log=print, corpus_seed: int | N
                 scored = localise_set(model, set_cache, part, device=dev, amp=use_amp)
                 suffix = name if split == "test" else f"{name}_{split}"
                 if split == "test":
-                    results[name] = localisation_metrics(part, scored)
+                    results[name] = {**localisation_metrics(part, scored),
+                                     "video_verdict": video_verdict(val_videos, scored["videos"])}
                 if main_variant:
                     # every video of the split, an undecodable one with no segment: the scorer needs them all
                     lost = failures[failures["split"] == split]["file"].tolist() if len(failures) else []
@@ -251,6 +254,8 @@ def comparison(metrics: dict) -> pd.DataFrame:
                          **{f"lavdf_{k}": v for k, v in r["lavdf"].items()},
                          "video_auc_peak": r["video_level"]["auc_peak"],
                          "video_auc_mean": r["video_level"]["auc_mean_of_frames"],
+                         "verdict_bal_acc_peak": r["video_verdict"]["peak"]["balanced_accuracy"],
+                         "verdict_bal_acc_mean": r["video_verdict"]["mean_of_frames"]["balanced_accuracy"],
                          **{f"{k}_ap@0.5": v["ap@0.5"] for k, v in r["by_modify_type"].items()}})
     return pd.DataFrame(rows + list(ANCHORS))
 
@@ -265,6 +270,9 @@ def summarise_seeds(runs: dict[int, dict]) -> pd.DataFrame:
                            "video_auc_peak": r["video_level"]["auc_peak"],
                            "video_auc_mean": r["video_level"]["auc_mean_of_frames"],
                            "modality_accuracy": r["modality"]["accuracy"],
+                           "verdict_bal_acc_peak": r["video_verdict"]["peak"]["balanced_accuracy"],
+                           "verdict_bal_acc_mean": r["video_verdict"]["mean_of_frames"]["balanced_accuracy"],
+                           "verdict_real_called_fake_peak": r["video_verdict"]["peak"]["real_called_fake"],
                            **{f"{k}_ap@0.5": v["ap@0.5"] for k, v in r["by_modify_type"].items()}}
                 for key, value in figures.items():
                     flat.setdefault(f"{name}|{variant}|{key}", {})[seed] = value
@@ -326,7 +334,8 @@ def summary_lines(run_dir: Path) -> list[str]:
     if seeds.is_file():
         table = pd.read_csv(seeds)
         keep = table[table["metric"].isin(["ap@0.5", "ap@0.75", "ar@50", "score", "video_auc_peak",
-                                           "video_auc_mean", "audio_modified_ap@0.5"])]
+                                           "video_auc_mean", "verdict_bal_acc_peak", "verdict_bal_acc_mean",
+                                           "audio_modified_ap@0.5"])]
         for r in keep.itertuples():
             lines.append(f"  {r.set:8s} {r.variant:17s} {r.metric:22s} {r.mean:.3f} +- {r.sd:.3f} "
                          f"[{r.ci95_low:.3f}, {r.ci95_high:.3f}]")
@@ -337,7 +346,9 @@ def summary_lines(run_dir: Path) -> list[str]:
             a = r["avdeepfake1m"]
             lines.append(f"  {name} ({variant}): AP@0.5 {a['ap@0.5']:.3f}, AP@0.75 {a['ap@0.75']:.3f}, "
                          f"AR@50 {a['ar@50']:.3f}, score {a['score']:.3f}; video AUC peak "
-                         f"{r['video_level']['auc_peak']:.3f} vs mean {r['video_level']['auc_mean_of_frames']:.3f}")
+                         f"{r['video_level']['auc_peak']:.3f} vs mean {r['video_level']['auc_mean_of_frames']:.3f}; "
+                         f"verdict balanced accuracy {r['video_verdict']['peak']['balanced_accuracy']:.3f} "
+                         f"(real videos called fake {r['video_verdict']['peak']['real_called_fake']:.2f})")
     return lines
 
 
@@ -355,8 +366,9 @@ def load_localiser(path: str | Path, device="cpu") -> FrameLocaliser:
 
 
 def predict_files(model: FrameLocaliser, paths: list[Path], *, size: int, device="cpu", amp_on: bool = False,
-                  log=print, scored: dict | None = None) -> dict:
-    """{file: dict(segments [{start, end, confidence, modality}], video_score, duration) or dict(error)}.
+                  log=print, scored: dict | None = None, threshold: float | None = None) -> dict:
+    """{file: dict(segments [{start, end, confidence, modality}], video_score (the peak of the per-frame
+    P(fake)), verdict (FAKE or REAL at `threshold`, when given), duration) or dict(error)}.
     `scored`, when given, receives {"frames": {file: (T, 2)}, "proposals": {file: (n, 3)}} for figures."""
     out = {}
     for path in paths:
@@ -372,7 +384,9 @@ def predict_files(model: FrameLocaliser, paths: list[Path], *, size: int, device
             if scored is not None:
                 scored.setdefault("frames", {})[str(path)] = p
                 scored.setdefault("proposals", {})[str(path)] = rows
-            out[str(path)] = {"duration": round(duration, 3), "video_score": video_scores(p.max(1), model.fps)["max"],
+            score = video_scores(p.max(1), model.fps)["max"]
+            out[str(path)] = {"duration": round(duration, 3), "video_score": score,
+                              **({"verdict": "FAKE" if score >= threshold else "REAL"} if threshold is not None else {}),
                               "segments": [{"start": round(float(s), 3), "end": round(float(e), 3),
                                             "confidence": round(float(c), 4),
                                             "modality": proposal_modality(p, s, e, model.fps)} for c, s, e in rows]}
@@ -398,11 +412,12 @@ def main(argv=None) -> int:
         if args.checkpoint:
             dev = pick_device(args.device)
             model = load_localiser(args.checkpoint, dev)
-            size = load_checkpoint(args.checkpoint)["params"]["size"]
+            saved = load_checkpoint(args.checkpoint)
+            size, threshold = saved["params"]["size"], saved.get("video_threshold")
             paths = expand_paths(args.inputs)
             scored: dict = {}
             result = predict_files(model, paths, size=size, device=dev, amp_on=resolve_amp(args.amp, dev),
-                                   scored=scored)
+                                   scored=scored, threshold=threshold)
             write_json(args.out, result)
             if args.figure and scored:
                 files = pd.DataFrame({"file": list(scored["frames"]), "category": "predicted", "fake_periods": ""})
@@ -412,7 +427,7 @@ def main(argv=None) -> int:
             for path, r in result.items():
                 if "error" not in r:
                     top = r["segments"][0] if r["segments"] else None
-                    print(f"{path}: video score {r['video_score']:.3f}" + (
+                    print(f"{path}: {r.get('verdict', 'video score')} {r['video_score']:.3f}" + (
                         f"; top segment {top['start']:.2f}-{top['end']:.2f} s ({top['modality']}, "
                         f"{top['confidence']:.2f})" if top else ""))
             print(f"segments of {len(result)} video(s) -> {args.out}")

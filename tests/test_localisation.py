@@ -18,7 +18,7 @@ from avlib.dataio.indexers import index_dataset
 from avlib.dataio.synthetic_partial import PartialSpec, entry, generate_partial, plan_partial, render_partial
 from avlib.dataio.video_cache import cache_videos, frame_mask, read_video_entry
 from avlib.core.errors import ParameterError
-from avlib.evaluation.localise import localisation_metrics
+from avlib.evaluation.localise import localisation_metrics, video_verdict
 from avlib.localise import check_params, corpus_spec, load_localiser, main, parameters_cell, predict_files
 from avlib.scoring.segment_metrics import localisation_report
 from avlib.scoring.segments import propose, soft_nms, video_scores, window_frame_starts
@@ -174,6 +174,7 @@ def test_the_notebook_runs_the_chain_and_the_command_predicts_segments_of_files(
     assert set(sets) == {"sync_evidence", "no_sync_evidence"} and set(sets["sync_evidence"]) == {"main", "heldout"}
     in_domain = sets["sync_evidence"]["main"]
     assert set(in_domain["avdeepfake1m"]) >= {"ap@0.5", "ap@0.75", "ap@0.9", "ap@0.95", "ar@50", "score"}
+    assert set(in_domain["video_verdict"]) == {"peak", "mean_of_frames"}
     assert set(in_domain["by_modify_type"]) == {"audio_modified", "visual_modified", "both_modified"}
     hidden = json.loads((run_dir / "segments_main_unlabelled_testA.json").read_text())
     assert list(hidden) == ["000001.mp4"] and len(hidden["000001.mp4"]) > 0     # scored, never measured
@@ -188,10 +189,10 @@ def test_the_notebook_runs_the_chain_and_the_command_predicts_segments_of_files(
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"\x00" * 100)
     scored = {}
-    out = predict_files(model, videos + [broken], size=32, log=lambda line: None, scored=scored)
+    out = predict_files(model, videos + [broken], size=32, log=lambda line: None, scored=scored, threshold=0.5)
     assert "error" in out[str(broken)] and set(scored["frames"]) == {str(v) for v in videos}
     for v in videos:
-        assert 0 <= out[str(v)]["video_score"] <= 1 and out[str(v)]["duration"] == pytest.approx(5.0, abs=0.1)
+        assert out[str(v)]["verdict"] in ("FAKE", "REAL") and 0 <= out[str(v)]["video_score"] <= 1 and out[str(v)]["duration"] == pytest.approx(5.0, abs=0.1)
         assert all(s["modality"] in ("visual", "audio", "both") for s in out[str(v)]["segments"])
     code = main(["--checkpoint", str(run_dir / "localiser.pt"), str(videos[0]), "--out", str(tmp_path / "s.json"),
                  "--figure", str(tmp_path / "timeline.png")])
@@ -215,3 +216,13 @@ def test_localisation_metrics_of_a_perfect_prediction_reach_the_official_ceiling
     assert report["by_modify_type"]["audio_modified"]["ap@0.5"] == pytest.approx(0.5)      # 2 segments: 1 - 1/2
     assert report["video_level"]["auc_peak"] == 1.0 and report["video_level"]["auc_mean_of_frames"] == 0.5
     assert report["modality"]["audio_modified"] == 1.0 and report["modality"]["visual_modified"] == 0.0
+
+
+def test_the_video_verdict_takes_its_thresholds_from_validation_videos():
+    val = pd.DataFrame({"label": [0, 0, 1, 1], "max": [0.2, 0.3, 0.8, 0.9], "mean": [0.1, 0.2, 0.15, 0.3]})
+    test = pd.DataFrame({"label": [0, 1, 1], "max": [0.25, 0.95, 0.4], "mean": [0.05, 0.5, 0.5]})
+    verdict = video_verdict(val, test)
+    assert 0.3 < verdict["peak"]["threshold"] < 0.8            # between the val classes, wherever the rule puts it
+    assert verdict["peak"]["real_called_fake"] == 0.0 and verdict["peak"]["fake_called_fake"] == 0.5
+    assert verdict["peak"]["balanced_accuracy"] == 0.75
+    assert verdict["mean_of_frames"]["real_called_fake"] == 0.0 and verdict["mean_of_frames"]["fake_called_fake"] == 1.0

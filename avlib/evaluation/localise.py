@@ -13,6 +13,8 @@ proposals from it) and `localisation_metrics` reports, for that set:
 - `video_level`: AUC of telling partially faked videos from real ones by the peak of the
   smoothed per-frame P(fake) (our aggregate) and by its mean over frames (what averaging window
   scores over a video gives);
+- `video_verdict` (added by `avlib.localise`): yes/no per video at thresholds chosen on the
+  validation videos, by the peak and by the mean (`video_verdict`);
 - `modality`: how often the top proposal that matches a true segment (IoU > 0.5) names the
   manipulated modality (visual, audio, both) right.
 """
@@ -25,6 +27,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from avlib.dataio.video_cache import read_video_entry
+from avlib.scoring.calibration import choose
 from avlib.scoring.segment_metrics import average_precision, localisation_report
 from avlib.scoring.segments import frame_probabilities, proposal_modality, propose, segment_iou, video_scores
 
@@ -96,6 +99,23 @@ def localisation_metrics(index: pd.DataFrame, scored: dict) -> dict:
                                      "smoothed over 0.2 s; mean: its mean over the video"}
     report["modality"] = modality_accuracy(index, scored, truths)
     return report
+
+
+def video_verdict(val_videos: pd.DataFrame, test_videos: pd.DataFrame) -> dict:
+    """Yes/no per video, by the peak and by the mean of the per-frame P(fake): each threshold
+    chosen on the validation videos (balanced accuracy), then applied to the test videos:
+    balanced accuracy and the rates of real and of partially faked videos called fake."""
+    out = {}
+    val = val_videos[val_videos["label"] >= 0]
+    for column, name in (("max", "peak"), ("mean", "mean_of_frames")):
+        threshold = choose(val["label"], val[column], "balanced")
+        labels, called = test_videos["label"].to_numpy(), (test_videos[column] >= threshold).to_numpy()
+        real, fake = called[labels == 0], called[labels == 1]
+        rates = {"real_called_fake": float(real.mean()) if len(real) else float("nan"),
+                 "fake_called_fake": float(fake.mean()) if len(fake) else float("nan")}
+        out[name] = {"threshold": float(threshold), **rates,
+                     "balanced_accuracy": (1 - rates["real_called_fake"] + rates["fake_called_fake"]) / 2}
+    return out
 
 
 def modality_accuracy(index: pd.DataFrame, scored: dict, truths: dict) -> dict:
