@@ -34,8 +34,8 @@ from scipy import stats
 
 from avlib.core.checkpoint import load_checkpoint, save_checkpoint
 from avlib.core.errors import ParameterError
-from avlib.core.params import Param, amp, choice, device, flag, folder_name, fraction, integer, load_params, number, text
-from avlib.core.paths import portable, read_json, resolve, write_csv, write_json
+from avlib.core.params import Param, amp, check_declared, choice, device, flag, folder_name, fraction, integer, load_params, number, text
+from avlib.core.paths import portable, read_json, resolve, swap_folder, write_csv, write_json
 from avlib.core.runtime import cpu_description, pick_device, resolve_amp
 from avlib.dataio.decode import decode_clip
 from avlib.dataio.cache import CacheError
@@ -96,14 +96,7 @@ HEADLINE = ("ap@0.5", "ap@0.75", "ap@0.9", "ap@0.95", "ar@50", "ar@10", "score")
 def check_params(values: dict) -> dict:
     """The params file's values with defaults filled in, each checked; ParameterError names an
     unknown or bad one."""
-    names = {p.name for p in PARAMS}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ParameterError(f"unknown localisation parameter(s) {', '.join(unknown)}; they are {', '.join(sorted(names))}")
-    full = {p.name: values.get(p.name, p.default) for p in PARAMS}
-    for p in PARAMS:
-        p.validate(full[p.name])
-    return full
+    return check_declared(PARAMS, values, "python -m avlib.localise")
 
 
 def parameters_cell() -> str:
@@ -312,18 +305,12 @@ def write_reference(run_dir: Path, reference_dir: Path) -> Path:
     if not (run_dir / "seeds.csv").is_file():
         raise ParameterError("--reference needs a run over several seeds (--seeds 0,1,2)")
     target = reference_dir / run_dir.name
-    staging, old = reference_dir / f".{run_dir.name}.new", reference_dir / f".{run_dir.name}.old"
-    for leftover in (staging, old):
-        if leftover.exists():
-            shutil.rmtree(leftover)
+    staging = reference_dir / f".{run_dir.name}.new"
+    if staging.exists():
+        shutil.rmtree(staging)
     reference_dir.mkdir(parents=True, exist_ok=True)
     shutil.copytree(run_dir, staging, ignore=shutil.ignore_patterns("*.pt", "videos_*.csv"))
-    if target.exists():
-        target.rename(old)
-        staging.rename(target)
-        shutil.rmtree(old)
-    else:
-        staging.rename(target)
+    swap_folder(staging, target)
     return target
 
 

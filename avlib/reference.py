@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from avlib.core.paths import read_json, write_csv, write_json
+from avlib.core.paths import read_json, swap_folder, write_csv, write_json
 from avlib.core.runtime import cpu_description
 
 SPREAD_KEYS = ("auc", "auc_FVFA", "auc_FVRA", "auc_RVFA", "sync_auc", "audio_swap_auc", "audio_swap_sync_auc",
@@ -84,12 +84,7 @@ def write_reference(results_dir: Path, run_name: str, runs: dict[int, Path], tab
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if target.exists():
-        target.rename(old)
-        staging.rename(target)
-        shutil.rmtree(old)
-    else:
-        staging.rename(target)
+    swap_folder(staging, target)
     write_csv(reference_dir / f"{run_name}-seeds.csv", table)
     comparison = results_dir / "comparison.csv"
     if comparison.is_file():

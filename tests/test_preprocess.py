@@ -167,7 +167,7 @@ def test_every_kind_of_odd_file_in_one_run(tmp_path):
     """The issue's list of odd inputs in one folder corpus: unreadable ones land in failures.csv
     and nowhere else, the rest are cached with the right shapes, and the run says how many failed."""
     data = tmp_path / "data"
-    real, fake = data / "real", data / "fake"
+    fake = data / "fake"
     frames = face_frames(30, 48, 48)
     readable = {
         "real/plain.mp4": dict(frames=frames, audio=tone(1.2)),

@@ -170,6 +170,20 @@ def named_paths(spec: str, *, parameter: str, reserved: tuple[str, ...] = (), wh
 
 # ---------------------------------------------------------------- params files
 
+def check_declared(params: tuple[Param, ...], values: dict, owner: str) -> dict:
+    """`values` with the declared default for every parameter of `params` it lacks, each checked.
+    Raises ParameterError naming the first bad parameter, or those `owner` (a notebook, a
+    command) does not declare."""
+    names = {p.name for p in params}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ParameterError(f"{owner} has no parameter(s) {', '.join(unknown)}")
+    full = {p.name: values.get(p.name, p.default) for p in params}
+    for p in params:
+        p.validate(full[p.name])
+    return full
+
+
 def load_params(path: str | Path, _chain: tuple = ()) -> dict:
     """Read a params/*.yaml file into a dict; raises ParameterError if it is not a mapping.
 

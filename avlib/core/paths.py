@@ -147,3 +147,17 @@ def _plain(obj):
     if isinstance(obj, os.PathLike):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def swap_folder(staging: Path, target: Path) -> None:
+    """Put the complete folder `staging` in place of `target` (which may not exist): the old one
+    is renamed aside first and removed only once the new one is in place."""
+    old = target.with_name(f".{target.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if target.exists():
+        target.rename(old)
+        staging.rename(target)
+        shutil.rmtree(old)
+    else:
+        staging.rename(target)

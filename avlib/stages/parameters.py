@@ -11,6 +11,7 @@ from avlib.core.errors import ParameterError
 from avlib.core.params import (
     Param,
     amp,
+    check_declared,
     choice,
     device,
     flag,
@@ -201,14 +202,7 @@ def check(notebook: str, values: dict) -> dict:
     """`values` with the declared default for every parameter of `notebook` it lacks, each
     checked. Raises ParameterError naming the first bad parameter, or one `notebook` does not
     declare."""
-    params = declaration(notebook)
-    names = {p.name for p in params}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ParameterError(f"{notebook} has no parameter(s) {', '.join(unknown)}")
-    full = {p.name: values.get(p.name, p.default) for p in params}
-    for p in params:
-        p.validate(full[p.name])
+    full = check_declared(declaration(notebook), values, notebook)
     _check_relations(full)
     return full
 
