@@ -177,7 +177,9 @@ def test_the_notebook_runs_the_chain_and_the_command_predicts_segments_of_files(
     assert set(in_domain["video_verdict"]) == {"peak", "mean_of_frames"}
     assert set(in_domain["by_modify_type"]) == {"audio_modified", "visual_modified", "both_modified"}
     hidden = json.loads((run_dir / "segments_main_unlabelled_testA.json").read_text())
-    assert list(hidden) == ["000001.mp4"] and len(hidden["000001.mp4"]) > 0     # scored, never measured
+    assert len(hidden["000001.mp4"]) > 0                       # scored, never measured
+    assert hidden["missing.mp4"] == []          # listed but absent: reported, and in the submission without segments
+    assert json.loads((run_dir / "metrics.json").read_text())["not_decoded"]["main"] == {"unlabelled_testA": 1}
     segments = json.loads((run_dir / "segments_main.json").read_text())
     assert len(segments) == 5 and all(all(len(p) == 3 for p in v) for v in segments.values())
     comparison = pd.read_csv(run_dir / "comparison.csv")

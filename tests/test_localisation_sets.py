@@ -142,6 +142,10 @@ def test_an_unlabelled_test_list_is_indexed_with_label_minus_one(avdf_dir):
     assert (test["label"] == -1).all() and (test["fake_periods"] == "[]").all()
     assert (test["video_frames"] == -1).all() and (test["duration"] == -1.0).all() and (test["category"] == "").all()
     assert test["file"].tolist() == AVDF_TEST
+    # a listed file that is absent stays, for the submission must cover it; it is counted as missing
+    (avdf_dir / "test" / AVDF_TEST[1]).unlink()
+    frame = index_avdeepfake1m(avdf_dir)
+    assert frame[frame["split"] == "test"]["file"].tolist() == AVDF_TEST and frame.attrs["missing_files"] == {"test": 1}
     # a subset whose labels are published is read from its metadata, not its file list
     (avdf_dir / "val_files.txt").write_text(AVDF_VAL[0]["file"] + "\n")
     assert index_avdeepfake1m(avdf_dir).set_index("path").loc["val/id00999/abc/00002/real.mp4", "label"] == 0

@@ -50,9 +50,11 @@ the first component; a fake lies in the folder of the real it was made from); fa
 first path component; a file listed without a folder is its own identity.
 
 Missing required fields raise DatasetIndexError naming the metadata file, the entry (its
-`file`) and the fields; so do a file that is not JSON and malformed values. Entries whose video
-is absent are skipped (counted in frame.attrs["missing_files"], by split), and a folder holding
-none of the listed videos raises DatasetIndexError.
+`file`) and the fields; so do a file that is not JSON and malformed values. Labelled entries
+whose video is absent are skipped; an absent file of an unlabelled test list is kept (the
+challenge's scorer needs an entry for every listed file: decoding it fails, it is reported and
+submitted without segments). Both are counted in frame.attrs["missing_files"], by split; a
+folder holding none of the listed videos raises DatasetIndexError.
 
 Submissions (write_submission), as the challenge's details page (deepfakes1m.github.io/details,
 /2025/details) and the SDK's readers (avdeepfake1m/evaluation/auc.py, src/loc_1d.rs) define them:
@@ -164,7 +166,7 @@ def index_avdeepfake1m(data_dir: Path) -> pd.DataFrame:
     if not labelled and not unlabelled:
         raise DatasetIndexError(f"{data_dir} holds no AV-Deepfake1M metadata: expected train_metadata.json, "
                                 f"val_metadata.json and/or a test list such as test_files.txt or testA_files.txt")
-    records, missing, listed = [], Counter(), 0
+    records, absent, missing, listed = [], [], Counter(), 0
     for subset, meta_path in labelled.items():
         entries = _read_entries(meta_path)
         listed += len(entries)
@@ -195,15 +197,18 @@ def index_avdeepfake1m(data_dir: Path) -> pd.DataFrame:
             raise DatasetIndexError(f"{list_path} is not a UTF-8 text list of files: {e}") from e
         listed += len(files)
         for file in files:
-            if not (data_dir / subset / file).is_file():
+            present = (data_dir / subset / file).is_file()
+            if not present:
                 missing[subset] += 1
-                continue
-            records.append(dict(
+            # kept even when absent: a submission must cover every listed file (the scorer refuses
+            # one that lacks any); decoding it fails, it is reported, and it gets no segment
+            (records if present else absent).append(dict(
                 path=f"{subset}/{file}", label=UNLABELLED, dataset="avdeepfake1m", category="", method="",
                 identity=_speaker(file), split=subset, file=file, fake_periods=[], visual_fake_periods=[],
                 audio_fake_periods=[], video_frames=UNLABELLED, audio_frames=UNLABELLED,
                 duration=float(UNLABELLED), original="", style=""))
-    return _localisation_frame(records, missing, listed, [*labelled.values(), *unlabelled.values()], data_dir)
+    return _localisation_frame(records, missing, listed, [*labelled.values(), *unlabelled.values()], data_dir,
+                               absent=absent)
 
 
 def _speaker(file: str) -> str:
@@ -283,11 +288,11 @@ def _stem(file: str) -> str:
 
 
 def _localisation_frame(records: list[dict], missing: Counter, listed: int, sources: list[Path],
-                        root: Path) -> pd.DataFrame:
+                        root: Path, absent: list[dict] = ()) -> pd.DataFrame:
     if not records:
         raise DatasetIndexError(f"none of the {listed} video files listed in {', '.join(str(p) for p in sources)} "
                                 f"exists under {root}")
-    frame = pd.DataFrame(records)
+    frame = pd.DataFrame(records + list(absent))
     for col in LOCALISATION_COLUMNS:
         if col not in frame:
             frame[col] = ""
