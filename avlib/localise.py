@@ -37,13 +37,12 @@ from avlib.core.errors import ParameterError
 from avlib.core.params import Param, amp, check_declared, choice, device, flag, folder_name, fraction, integer, load_params, number, text
 from avlib.core.paths import portable, read_json, resolve, swap_folder, write_csv, write_json
 from avlib.core.runtime import cpu_description, pick_device, resolve_amp
-from avlib.dataio.decode import decode_clip
 from avlib.dataio.cache import CacheError
 from avlib.dataio.indexers import index_dataset
 from avlib.dataio.records import DatasetIndexError
 from avlib.dataio.inputs import expand_paths
 from avlib.dataio.synthetic_partial import PartialSpec, generate_partial, identity_split
-from avlib.dataio.video_cache import cache_videos, media_duration
+from avlib.dataio.video_cache import cache_videos, decode_whole, media_duration
 from avlib.dataio.localisation_sets import write_submission
 from avlib.evaluation.localise import localisation_metrics, localise_set, submission, video_verdict
 from avlib.figures.localise import plot_ap_iou, plot_localisation_timelines
@@ -360,13 +359,9 @@ def predict_files(model: FrameLocaliser, paths: list[Path], *, size: int, device
     out = {}
     for path in paths:
         try:
+            video, audio = decode_whole(path, fps=model.fps, size=size, sample_rate=model.sample_rate, threads=0)
             duration = media_duration(path)
-            if not duration:
-                raise ValueError("the file states no duration")
-            clip = decode_clip(path, frames=int(math.ceil(duration * model.fps - 1e-6)), size=size, fps=model.fps,
-                               sample_rate=model.sample_rate, offset=0.0)
-            t = int(clip.valid_frames)
-            p = frame_probabilities(model, clip.video[:t], clip.audio, device=device, amp=amp_on)
+            p = frame_probabilities(model, video, audio, device=device, amp=amp_on)
             rows = propose(p.max(1), model.fps)
             if scored is not None:
                 scored.setdefault("frames", {})[str(path)] = p

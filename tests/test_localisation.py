@@ -21,7 +21,8 @@ from avlib.core.errors import ParameterError
 from avlib.evaluation.localise import localisation_metrics, video_verdict
 from avlib.localise import check_params, corpus_spec, load_localiser, main, parameters_cell, predict_files
 from avlib.scoring.segment_metrics import localisation_report
-from avlib.scoring.segments import propose, soft_nms, video_scores, window_frame_starts
+from avlib.scoring.segments import propose, soft_nms, video_scores
+from avlib.scoring.videos import window_starts
 from avlib.training.localise import frame_ap, train_localiser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,9 +60,9 @@ def test_a_partial_fake_differs_from_its_real_video_inside_its_segments_only(kin
 def test_frame_masks_and_window_starts():
     assert frame_mask([(0.2, 0.4)], 10, 10.0).tolist() == [False, False, True, True] + [False] * 6
     assert not frame_mask([], 5, 25.0).any()
-    starts = window_frame_starts(107, 50, 25)
-    assert starts == [0, 25, 50, 57]                      # the last window ends on the last frame
-    assert window_frame_starts(30, 50, 25) == [0]
+    starts = window_starts(107, 50, 25)
+    assert starts == [0, 25, 50, 57]                      # in frames too: the last window ends on the last frame
+    assert window_starts(30, 50, 25) == [0]
 
 
 def test_proposals_find_a_planted_bump_and_soft_nms_demotes_its_duplicates():

@@ -125,28 +125,34 @@ def stored_fingerprint(target: Path) -> str | None:
 
 def _write_entry(target: Path, path: Path, record: dict, settings: dict, mark: str) -> None:
     fps = settings["fps"]
-    # the container's own duration: AV-Deepfake1M's metadata derives it from a frame count at
-    # 25 fps, which is not every file's rate
-    duration = media_duration(path)
-    if not duration:
-        raise ValueError("the file states no duration")
-    n = int(math.ceil(duration * fps - 1e-6))
-    clip = decode_clip(path, frames=n, size=settings["size"], fps=fps, sample_rate=settings["sample_rate"],
-                       offset=0.0, threads=1)
-    t = int(clip.valid_frames)
+    video, audio = decode_whole(path, fps=fps, size=settings["size"], sample_rate=settings["sample_rate"])
+    t = len(video)
     if t < 2:
         raise ValueError(f"only {t} decodable frame(s)")
     mask = np.stack([frame_mask(periods_of(record, m), t, fps) for m in MODALITIES], axis=1).astype(np.uint8)
-    audio = waveform_to_int16(clip.audio[: int(round(t / fps * settings["sample_rate"]))])
+    audio = waveform_to_int16(audio[: int(round(t / fps * settings["sample_rate"]))])
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, video=clip.video[:t], audio=audio, mask=mask, source=np.array(mark))
+            np.savez(f, video=video, audio=audio, mask=mask, source=np.array(mark))
         os.chmod(tmp, umask_mode())
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def decode_whole(path: Path, *, fps: float, size: int, sample_rate: int, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Every frame of a file on the grid of `fps` (uint8 (T, size, size, 3)) and its audio (float32
+    at `sample_rate`), in one decoding pass. The length is the container's own duration (AV-
+    Deepfake1M's metadata derives one from a frame count at 25 fps, which is not every file's
+    rate). Raises DecodeError, or ValueError for a file that states no duration."""
+    duration = media_duration(path)
+    if not duration:
+        raise ValueError("the file states no duration")
+    clip = decode_clip(path, frames=int(math.ceil(duration * fps - 1e-6)), size=size, fps=fps,
+                       sample_rate=sample_rate, offset=0.0, threads=threads)
+    return clip.video[:int(clip.valid_frames)], clip.audio
 
 
 def media_duration(path: Path) -> float | None:

@@ -28,8 +28,8 @@ from sklearn.metrics import roc_auc_score
 
 from avlib.dataio.video_cache import read_video_entry
 from avlib.scoring.calibration import choose
-from avlib.scoring.segment_metrics import average_precision, localisation_report
-from avlib.scoring.segments import frame_probabilities, proposal_modality, propose, segment_iou, video_scores
+from avlib.scoring.segment_metrics import average_precision, iou_1d, localisation_report
+from avlib.scoring.segments import frame_probabilities, proposal_modality, propose, video_scores
 
 AP_IOUS = tuple(np.round(np.arange(0.5, 0.951, 0.05), 2))
 MODALITY_OF = {"visual_modified": "visual", "audio_modified": "audio", "both_modified": "both"}
@@ -130,7 +130,7 @@ def modality_accuracy(index: pd.DataFrame, scored: dict, truths: dict) -> dict:
         for segment in truths[r["file"]]:
             if not len(rows):
                 continue
-            match = np.flatnonzero(segment_iou(segment, rows[:, 1:]) > 0.5)
+            match = np.flatnonzero(iou_1d(rows[:, 1:], segment[None])[:, 0] > 0.5)
             if len(match):
                 hits.setdefault(r["category"], []).append(scored["modality"][r["file"]][match[0]] == want)
     every = [h for v in hits.values() for h in v]

@@ -18,19 +18,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from avlib.scoring.segment_metrics import iou_1d
+from avlib.scoring.videos import window_starts
+
 THRESHOLDS = tuple(np.round(np.arange(0.1, 0.95, 0.1), 2))
 SOFT_NMS_SIGMA = 0.3
 MAX_PROPOSALS = 100
-
-
-def window_frame_starts(n_frames: int, window: int, stride: int) -> list[int]:
-    """First frames of windows of `window` frames every `stride`, the last aligned to the end."""
-    if n_frames <= window:
-        return [0]
-    starts = list(range(0, n_frames - window + 1, stride))
-    if starts[-1] != n_frames - window:
-        starts.append(n_frames - window)
-    return starts
 
 
 def frame_probabilities(model, video: np.ndarray, audio: np.ndarray, *, device="cpu", stride: int | None = None,
@@ -45,7 +38,7 @@ def frame_probabilities(model, video: np.ndarray, audio: np.ndarray, *, device="
         video = np.concatenate([video, np.repeat(video[-1:], window - t, 0)])
     need = int(round(max(t, window) * per_frame))
     audio = np.pad(audio, (0, max(0, need - len(audio))))
-    starts = window_frame_starts(len(video), window, stride or max(1, window // 2))
+    starts = [int(t) for t in window_starts(len(video), window, stride or max(1, window // 2))]
     total, count = np.zeros((len(video), 2)), np.zeros((len(video), 1))
     n_samples = int(round(window * per_frame))
     with torch.no_grad(), torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=amp):
@@ -60,13 +53,6 @@ def frame_probabilities(model, video: np.ndarray, audio: np.ndarray, *, device="
                 total[s:s + window] += p
                 count[s:s + window] += 1
     return (total / np.maximum(count, 1))[:t]
-
-
-def segment_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of one segment (start, end) with each row of b (n, 2)."""
-    inter = np.clip(np.minimum(a[1], b[:, 1]) - np.maximum(a[0], b[:, 0]), 0, None)
-    union = (a[1] - a[0]) + (b[:, 1] - b[:, 0]) - inter
-    return inter / np.maximum(union, 1e-9)
 
 
 def propose(p: np.ndarray, fps: float, *, thresholds=THRESHOLDS, sigma: float = SOFT_NMS_SIGMA,
@@ -100,7 +86,7 @@ def soft_nms(rows: np.ndarray, sigma: float = SOFT_NMS_SIGMA) -> np.ndarray:
         out.append(pick)
         rows = np.delete(rows, best, axis=0)
         if len(rows):
-            rows[:, 0] *= np.exp(-segment_iou(pick[1:], rows[:, 1:]) ** 2 / sigma)
+            rows[:, 0] *= np.exp(-iou_1d(rows[:, 1:], pick[None, 1:])[:, 0] ** 2 / sigma)
     return np.array(out)
 
 
