@@ -34,7 +34,7 @@ from scipy import stats
 
 from avlib.core.checkpoint import load_checkpoint, save_checkpoint
 from avlib.core.errors import ParameterError
-from avlib.core.params import Param, amp, check_declared, choice, device, flag, folder_name, fraction, integer, load_params, number, text
+from avlib.core.params import Param, amp, check_declared, choice, device, flag, folder_name, fraction, integer, load_params, number, probability, text
 from avlib.core.paths import portable, read_json, resolve, swap_folder, write_csv, write_json
 from avlib.core.runtime import cpu_description, pick_device, resolve_amp
 from avlib.dataio.cache import CacheError
@@ -44,7 +44,7 @@ from avlib.dataio.inputs import expand_paths
 from avlib.dataio.synthetic_partial import PartialSpec, generate_partial, identity_split
 from avlib.dataio.video_cache import cache_videos, decode_whole, media_duration
 from avlib.dataio.localisation_sets import write_submission
-from avlib.evaluation.localise import localisation_metrics, localise_set, submission, video_verdict
+from avlib.evaluation.localise import localisation_metrics, localise_set, save_scored, submission, video_verdict
 from avlib.figures.localise import plot_ap_iou, plot_localisation_timelines
 from avlib.models.localiser import FrameLocaliser
 from avlib.scoring.segments import frame_probabilities, proposal_modality, propose, video_scores
@@ -74,6 +74,8 @@ PARAMS: tuple[Param, ...] = (
     integer("batch_size", 8, "windows per step", minimum=1),
     number("lr", 0.002, "peak learning rate (one-cycle)"),
     integer("windows_per_video", 3, "training windows drawn from each video per epoch", minimum=1),
+    number("self_partial", 0.0, "share of training windows given a self-made partial fake (a generic corruption "
+           "of a segment's picture, sound or both; avlib.training.self_partial)", probability),
     flag("sync_evidence", True, "feed the sync branch's per-frame evidence to the head"),
     flag("ablation", False, "also train without the sync evidence and report both"),
     integer("seed", 0, "training seed (and the synthetic corpus's)"),
@@ -193,7 +195,7 @@ def run_seed(p: dict, sets: dict, out_dir: Path, log=print, corpus_seed: int | N
         model, history = train_localiser(cache, index, frames=p["frames"], fps=p["fps"], epochs=p["epochs"],
                                          batch_size=p["batch_size"], lr=p["lr"], seed=p["seed"], device=dev,
                                          amp=use_amp, sync_evidence=sync, windows_per_video=p["windows_per_video"],
-                                         log=log)
+                                         self_partial=p["self_partial"], log=log)
         main_variant = variant == variants[0][0]
         val_videos = localise_set(model, cache, index[index["split"] == "val"], device=dev, amp=use_amp)["videos"]
         if main_variant:
@@ -220,6 +222,7 @@ def run_seed(p: dict, sets: dict, out_dir: Path, log=print, corpus_seed: int | N
                                      out_dir / f"segments_{suffix}.json", files=part["file"].tolist() + lost)
                     write_csv(out_dir / f"videos_{suffix}.csv", scored["videos"])
                     if split == "test":
+                        save_scored(out_dir / f"frames_{suffix}.npz", part, scored)
                         plot_localisation_timelines(part, scored, figures, fps=p["fps"],
                                                     name=f"localisation_timelines_{name}")
         metrics["localisation"][variant] = results
@@ -308,7 +311,7 @@ def write_reference(run_dir: Path, reference_dir: Path) -> Path:
     if staging.exists():
         shutil.rmtree(staging)
     reference_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(run_dir, staging, ignore=shutil.ignore_patterns("*.pt", "videos_*.csv"))
+    shutil.copytree(run_dir, staging, ignore=shutil.ignore_patterns("*.pt", "videos_*.csv", "frames_*.npz"))
     swap_folder(staging, target)
     return target
 

@@ -17,13 +17,15 @@ import torch
 from avlib.dataio.indexers import index_dataset
 from avlib.dataio.synthetic_partial import PartialSpec, entry, generate_partial, plan_partial, render_partial
 from avlib.dataio.video_cache import cache_videos, frame_mask, read_video_entry
-from avlib.core.errors import ParameterError
+from avlib.core.errors import MissingInputError, ParameterError
 from avlib.evaluation.localise import localisation_metrics, video_verdict
 from avlib.localise import check_params, corpus_spec, load_localiser, main, parameters_cell, predict_files
 from avlib.scoring.segment_metrics import localisation_report
 from avlib.scoring.segments import propose, soft_nms, video_scores
+from avlib.stages import plots_stage
 from avlib.scoring.videos import window_starts
 from avlib.training.localise import frame_ap, train_localiser
+from avlib.training.self_partial import plant
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = PartialSpec(identities=6, seconds=4.0, size=32, styles=("studio", "webcam"), val_identities=2,
@@ -80,6 +82,38 @@ def test_proposals_find_a_planted_bump_and_soft_nms_demotes_its_duplicates():
     assert dup[1, 1:].tolist() == [3.0, 4.0] and dup[2, 0] < 0.85 * 0.1     # the duplicate falls behind
     scores = video_scores(p, fps)
     assert scores["max"] > 0.85 and scores["mean"] < 0.3
+
+
+def test_boundary_alternatives_recover_an_end_two_frames_off_without_outranking_any_primary():
+    fps = 25.0
+    p = np.full(100, 0.05)
+    p[20:46] = 0.9                         # the curve says 0.80-1.84 s; the truth ends two frames earlier
+    truth = {"v": np.array([[0.8, 1.76]])}
+    bare, rows = propose(p, fps, boundary_shift=0), propose(p, fps)
+    assert len(rows) > len(bare) and np.array_equal(rows[:len(bare)], bare)     # primaries first, unchanged
+    assert rows[len(bare):, 0].max() < bare[:, 0].min()
+    assert len({(round(s * fps), round(e * fps)) for _, s, e in rows}) == len(rows)          # no duplicate
+    assert localisation_report({"v": bare}, truth, "avdeepfake1m")["ar@50"] < 0.95
+    assert localisation_report({"v": rows}, truth, "avdeepfake1m")["ar@50"] == 1.0
+    assert propose(p, fps, max_proposals=5).shape == (5, 3)
+
+
+def test_a_self_made_partial_fake_changes_its_segment_only_and_labels_it():
+    rng = np.random.default_rng(0)
+    video = rng.integers(0, 255, (50, 32, 32, 3), dtype=np.uint8)
+    audio = rng.normal(0, 0.1, 32000).astype(np.float32)
+    seen = set()
+    for seed in range(30):
+        v, a, m = plant(video, audio, np.zeros((50, 2), np.float32), np.random.default_rng(seed), fps=25.0,
+                        sample_rate=16000)
+        frames = np.flatnonzero(m.any(1))
+        assert 5 <= len(frames) <= 50 and np.array_equal(frames, np.arange(frames[0], frames[-1] + 1))
+        changed_v = np.flatnonzero((v != video).any(axis=(1, 2, 3)))
+        changed_a = np.unique(np.flatnonzero(a != audio) // 640)
+        assert set(changed_v) <= set(np.flatnonzero(m[:, 0])) and set(changed_a) <= set(np.flatnonzero(m[:, 1]))
+        assert len(changed_v) >= 0.8 * m[:, 0].sum() and len(changed_a) >= 0.8 * m[:, 1].sum()
+        seen.add((bool(m[:, 0].any()), bool(m[:, 1].any())))
+    assert seen == {(True, False), (False, True), (True, True)}
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +221,16 @@ def test_the_notebook_runs_the_chain_and_the_command_predicts_segments_of_files(
     assert comparison["set"].str.startswith("published").sum() == 3
     for name in ("localisation_ap_iou.png", "localisation_timelines_main.png", "localisation_timelines_heldout.png"):
         assert (run_dir / "figures" / name).stat().st_size > 1000
+    # 05_plots draws them again from the run's files, without the model
+    timeline_numbers = pd.read_csv(run_dir / "figures" / "localisation_timelines_main.csv")
+    shutil.rmtree(run_dir / "figures")
+    drawn = plots_stage(run_name="tiny", results_dir=str(tmp_path / "results"))
+    assert sorted(p.name for p in drawn) == ["localisation_ap_iou.png", "localisation_timelines_heldout.png",
+                                             "localisation_timelines_main.png"]
+    pd.testing.assert_frame_equal(pd.read_csv(run_dir / "figures" / "localisation_timelines_main.csv"), timeline_numbers)
+    (run_dir / "frames_heldout.npz").unlink()
+    with pytest.raises(MissingInputError, match="frames_heldout.npz"):
+        plots_stage(run_name="tiny", results_dir=str(tmp_path / "results"))
     model = load_localiser(run_dir / "localiser.pt")
     videos = sorted((tmp_path / "data" / "partial" / "test").rglob("*.mp4"))[:2]
     broken = tmp_path / "broken.mp4"

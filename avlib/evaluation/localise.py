@@ -20,12 +20,15 @@ proposals from it) and `localisation_metrics` reports, for that set:
 """
 from __future__ import annotations
 
+import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
+from avlib.core.paths import atomic_write_bytes
 from avlib.dataio.video_cache import read_video_entry
 from avlib.scoring.calibration import choose
 from avlib.scoring.segment_metrics import average_precision, iou_1d, localisation_report
@@ -142,3 +145,29 @@ def submission(scored: dict) -> dict[str, list[list[float]]]:
     """The 1M-Deepfakes challenge's localisation entries: {file: [[confidence, start, end], ...]}."""
     return {f: [[round(float(c), 5), round(float(s), 3), round(float(e), 3)] for c, s, e in rows]
             for f, rows in scored["proposals"].items()}
+
+
+def save_scored(path: str | Path, index: pd.DataFrame, scored: dict) -> None:
+    """What the figures of one scored set need, in one .npz (written atomically): each video's
+    file, category, true fake periods, per-frame P(fake) and proposals, so that 05_plots can
+    draw the timelines again without the model."""
+    rows = index.to_dict("records")
+    arrays = {"files": np.array([r["file"] for r in rows]), "categories": np.array([r["category"] for r in rows]),
+              "fake_periods": np.array([r["fake_periods"] or "[]" for r in rows])}
+    for i, r in enumerate(rows):
+        arrays[f"frames_{i}"] = scored["frames"][r["file"]].astype(np.float32)
+        arrays[f"proposals_{i}"] = np.asarray(scored["proposals"][r["file"]], np.float64).reshape(-1, 3)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getbuffer())
+
+
+def load_scored(path: str | Path) -> tuple[pd.DataFrame, dict]:
+    """(index with file, category, fake_periods; scored with frames and proposals) from save_scored's file."""
+    with np.load(path) as data:
+        files = [str(f) for f in data["files"]]
+        index = pd.DataFrame({"file": files, "category": [str(c) for c in data["categories"]],
+                              "fake_periods": [str(p) for p in data["fake_periods"]]})
+        scored = {"frames": {f: data[f"frames_{i}"] for i, f in enumerate(files)},
+                  "proposals": {f: data[f"proposals_{i}"] for i, f in enumerate(files)}}
+    return index, scored
