@@ -34,7 +34,7 @@ from scipy import stats
 
 from avlib.core.checkpoint import load_checkpoint, save_checkpoint
 from avlib.core.errors import ParameterError
-from avlib.core.params import Param, amp, check_declared, choice, device, flag, folder_name, fraction, integer, load_params, number, probability, text
+from avlib.core.params import Param, amp, check_declared, choice, device, flag, folder_name, fraction, integer, load_params, number, text
 from avlib.core.paths import portable, read_json, resolve, swap_folder, write_csv, write_json
 from avlib.core.runtime import cpu_description, pick_device, resolve_amp
 from avlib.dataio.cache import CacheError
@@ -74,8 +74,6 @@ PARAMS: tuple[Param, ...] = (
     integer("batch_size", 8, "windows per step", minimum=1),
     number("lr", 0.002, "peak learning rate (one-cycle)"),
     integer("windows_per_video", 3, "training windows drawn from each video per epoch", minimum=1),
-    number("self_partial", 0.0, "share of training windows given a self-made partial fake (a generic corruption "
-           "of a segment's picture, sound or both; avlib.training.self_partial)", probability),
     flag("sync_evidence", True, "feed the sync branch's per-frame evidence to the head"),
     flag("ablation", False, "also train without the sync evidence and report both"),
     integer("seed", 0, "training seed (and the synthetic corpus's)"),
@@ -195,7 +193,7 @@ def run_seed(p: dict, sets: dict, out_dir: Path, log=print, corpus_seed: int | N
         model, history = train_localiser(cache, index, frames=p["frames"], fps=p["fps"], epochs=p["epochs"],
                                          batch_size=p["batch_size"], lr=p["lr"], seed=p["seed"], device=dev,
                                          amp=use_amp, sync_evidence=sync, windows_per_video=p["windows_per_video"],
-                                         self_partial=p["self_partial"], log=log)
+                                         log=log)
         main_variant = variant == variants[0][0]
         val_videos = localise_set(model, cache, index[index["split"] == "val"], device=dev, amp=use_amp)["videos"]
         if main_variant:

@@ -21,7 +21,6 @@ from torch.utils.data import DataLoader, Dataset
 from avlib.dataio.video_cache import read_video_entry
 from avlib.models.localiser import FrameLocaliser, localiser_loss
 from avlib.scoring.segments import frame_probabilities
-from avlib.training.self_partial import plant
 
 
 class LocalisationWindows(Dataset):
@@ -29,10 +28,9 @@ class LocalisationWindows(Dataset):
     mask (T, 2) float32). Deterministic for a given seed and epoch (`set_epoch`)."""
 
     def __init__(self, cache_dir, index: pd.DataFrame, *, frames: int, fps: float, sample_rate: int,
-                 windows_per_video: int = 4, seed: int = 0, self_partial: float = 0.0):
+                 windows_per_video: int = 4, seed: int = 0):
         self.entries = [read_video_entry(cache_dir, cid) for cid in index["clip_id"]]
         self.frames, self.per_frame = frames, sample_rate / fps
-        self.fps, self.sample_rate, self.self_partial = fps, sample_rate, self_partial
         self.windows_per_video, self.seed, self.epoch = windows_per_video, seed, 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -61,8 +59,6 @@ class LocalisationWindows(Dataset):
         n = int(round(window * self.per_frame))
         audio = entry["audio"][a:a + n]
         audio = np.pad(audio, (0, n - len(audio)))
-        if self.self_partial and rng.random() < self.self_partial:
-            video, audio, mask = plant(video, audio, mask, rng, fps=self.fps, sample_rate=self.sample_rate)
         return torch.from_numpy(np.ascontiguousarray(video)), torch.from_numpy(audio), torch.from_numpy(mask.astype(np.float32))
 
 
@@ -82,7 +78,7 @@ def frame_ap(model, cache_dir, index: pd.DataFrame, *, device="cpu", amp: bool =
 def train_localiser(cache_dir, index: pd.DataFrame, *, frames: int, fps: float, sample_rate: int = 16000,
                     epochs: int = 12, batch_size: int = 8, lr: float = 1e-3, seed: int = 0, device="cpu",
                     amp: bool = False, sync_evidence: bool = True, windows_per_video: int = 4,
-                    self_partial: float = 0.0, log=print) -> tuple[FrameLocaliser, pd.DataFrame]:
+                    log=print) -> tuple[FrameLocaliser, pd.DataFrame]:
     """Train on index's `train` videos, keep the epoch with the best frame-level AP on its `val`
     videos; returns (model in eval mode, history with one row per epoch)."""
     torch.manual_seed(seed)
@@ -93,7 +89,7 @@ def train_localiser(cache_dir, index: pd.DataFrame, *, frames: int, fps: float, 
         raise ValueError(f"localisation training needs train and val videos; the cache has "
                          f"{len(train)} train and {len(val)} val")
     data = LocalisationWindows(cache_dir, train, frames=frames, fps=fps, sample_rate=sample_rate,
-                               windows_per_video=windows_per_video, seed=seed, self_partial=self_partial)
+                               windows_per_video=windows_per_video, seed=seed)
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=generator, drop_last=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
