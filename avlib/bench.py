@@ -5,6 +5,7 @@
                                 [--device cpu|cuda] [--amp auto|true|false]
     python -m avlib.bench fit --device cuda --frames 128 --size 112 --batch 8 --clips 160 --workers 8
     python -m avlib.bench predict [--seconds 300] [--video-size 224] [--full] [--batch 8] [--workers 2] [--repeats 3]
+    python -m avlib.bench localise [--seconds 300] [--video-size 224] [--size 48]
 
 preprocess: the same clips processed two ways in one run. The seed's way: OpenCV frame reads
 resized to 112x112, audio extracted to WAV by an ffmpeg process and loaded by librosa (22.05 kHz),
@@ -27,6 +28,11 @@ predict: seconds of video scored per second by python -m avlib.predict's path (e
 once, windows batched, decoding in --workers processes) and by the per-window loop it replaced
 (each window opened, sought, decoded and scored alone), on the same generated H.264/AAC file in
 interleaved rounds; the share of the time spent decoding, and peak RSS.
+
+localise: per-frame P(fake) of one generated file by python -m avlib.localise --checkpoint's path
+(decoded once, in windows) and by decoding the whole video into memory first (as the training
+cache does), each in a fresh process, with each one's peak RSS beside a process holding the model
+alone: the streamed path's memory does not grow with the video's length.
 
 fit: the real 03_train path end to end (cache -> make_loader -> fit, amp, channels_last_3d) on
 random clips at the given size: the loader's clips/s from a warm cache, then the last epoch's
@@ -55,6 +61,7 @@ from avlib.dataio.features import compute_mfcc
 from avlib.dataio.indexers import index_dataset
 from avlib.dataio.preprocess import preprocess, settings, write_dummy_cache
 from avlib.dataio.synthetic import CorpusSpec, generate_corpus
+from avlib.dataio.video_cache import decode_whole
 
 
 def seed_preprocess(paths: list[Path], out_dir: Path, frames: int = 128, size: int = 112, n_mfcc: int = 40,
@@ -503,9 +510,54 @@ def bench_predict(seconds: float, size: int, repeats: int, workers: int, batch: 
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def localise_one(path: str, mode: str, size: int) -> dict:
+    """One localisation pass over `path` in this process (the demo localiser's shape, untrained):
+    `stream` (predict's path: decoded once, in windows), `whole` (the whole video decoded into
+    memory first, as the training cache does) or `none` (the model alone, for the baseline RSS)."""
+    import torch  # deferred: loads torch
+
+    from avlib.models.localiser import FrameLocaliser  # deferred: loads torch
+    from avlib.scoring.segments import frame_probabilities, stream_frame_probabilities  # deferred: loads torch
+
+    torch.manual_seed(0)
+    model = FrameLocaliser(fps=25.0, frames=50).eval()
+    amp = resolve_amp("auto", torch.device("cpu"))
+    start = time.perf_counter()
+    if mode == "stream":
+        p, _ = stream_frame_probabilities(model, path, size=size, amp=amp)
+    elif mode == "whole":
+        video, audio = decode_whole(Path(path), fps=25.0, size=size, sample_rate=16000, threads=0)
+        p = frame_probabilities(model, video, audio, amp=amp)
+    else:
+        p = np.zeros((0, 2))
+    return {"seconds": time.perf_counter() - start, "frames": len(p),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def bench_localise(seconds: float, size: int, model_size: int, log=print) -> dict:
+    """Per-frame localisation of one H.264/AAC file of `seconds` at size x size: predict's streamed
+    path against decoding the whole video first, each in a fresh process (so each peak RSS is its
+    own), beside a process holding the model alone."""
+    tmp = Path(tempfile.mkdtemp(prefix="avlib-bench-"))
+    try:
+        path = _talk_video(tmp / "talk.mp4", seconds, size)
+        out = {}
+        for mode in ("none", "stream", "whole"):
+            line = subprocess.run([sys.executable, "-m", "avlib.bench", "localise-one", "--mode", mode, "--path",
+                                   str(path), "--size", str(model_size)], check=True, capture_output=True, text=True)
+            out[mode] = json.loads(line.stdout.strip().splitlines()[-1])
+            log(f"  {mode}: {out[mode]}")
+        return out
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["preprocess", "train", "fit", "sync", "predict", "seed-alone"])
+    parser.add_argument("what", choices=["preprocess", "train", "fit", "sync", "predict", "localise", "seed-alone",
+                                         "localise-one"])
+    parser.add_argument("--mode", default="stream", help="localise-one: stream, whole or none")
+    parser.add_argument("--path", help="localise-one: the video")
     parser.add_argument("--clips", type=int, default=120)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--frames", type=int, default=16)
@@ -531,6 +583,19 @@ def main(argv=None) -> int:
         r = bench_train(args.frames, args.size, args.batch, args.steps, args.repeats, seed_only=True,
                         log=lambda *a: None)
         print(json.dumps({k: r[k] for k in ("seed_train_clips_per_s", "seed_infer_clips_per_s")}))
+        return 0
+    if args.what == "localise-one":               # used by bench_localise: one JSON line on stdout
+        print(json.dumps(localise_one(args.path, args.mode, args.size)))
+        return 0
+    if args.what == "localise":
+        print(f"localise (per-frame P(fake), the demo localiser at {args.size}x{args.size}, 50 frames at 25 fps) "
+              f"of one H.264/AAC video of {args.seconds:g} s, {args.video_size}x{args.video_size}; CPU: "
+              f"{cpu_description()}")
+        r = bench_localise(args.seconds, args.video_size, args.size, log=lambda *a: None)
+        for mode, what in (("stream", "streamed (predict)"), ("whole", "whole video decoded first")):
+            print(f"  {what:>26}: {args.seconds / r[mode]['seconds']:6.1f} s of video per second, peak RSS "
+                  f"{r[mode]['peak_rss_mb']:,.0f} MB ({r[mode]['frames']} frames)")
+        print(f"  {'the model alone':>26}: peak RSS {r['none']['peak_rss_mb']:,.0f} MB")
         return 0
     if args.what == "predict":
         print(f"predict on {args.videos} H.264/AAC video(s) of {args.seconds:g} s, {args.video_size}x{args.video_size}, "

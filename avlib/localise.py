@@ -42,12 +42,12 @@ from avlib.dataio.indexers import index_dataset
 from avlib.dataio.records import DatasetIndexError
 from avlib.dataio.inputs import expand_paths
 from avlib.dataio.synthetic_partial import PartialSpec, generate_partial, identity_split
-from avlib.dataio.video_cache import cache_videos, decode_whole, media_duration
+from avlib.dataio.video_cache import cache_videos
 from avlib.dataio.localisation_sets import write_submission
 from avlib.evaluation.localise import localisation_metrics, localise_set, save_scored, submission, video_verdict
 from avlib.figures.localise import plot_ap_iou, plot_localisation_timelines
 from avlib.models.localiser import FrameLocaliser
-from avlib.scoring.segments import frame_probabilities, proposal_modality, propose, video_scores
+from avlib.scoring.segments import proposal_modality, propose, stream_frame_probabilities, video_scores
 from avlib.training.localise import train_localiser
 
 DATASETS = ("synthetic_partial", "avdeepfake1m", "lavdf")
@@ -76,6 +76,9 @@ PARAMS: tuple[Param, ...] = (
     integer("windows_per_video", 3, "training windows drawn from each video per epoch", minimum=1),
     flag("sync_evidence", True, "feed the sync branch's per-frame evidence to the head"),
     flag("ablation", False, "also train without the sync evidence and report both"),
+    integer("workers", 2, "processes that decode videos into the cache (and generate the synthetic corpus)", minimum=1),
+    integer("loader_workers", 0, "DataLoader processes that read training windows from the cache (0: in the "
+            "training process; the batches are the same with any number)", minimum=0),
     integer("seed", 0, "training seed (and the synthetic corpus's)"),
     Param("device", str, "auto", "where to compute", device, allowed="auto | cpu | cuda | cuda:N"),
     Param("amp", str, "auto", "bf16 autocast where the hardware runs it natively, else fp32", amp,
@@ -159,7 +162,7 @@ def prepare(p: dict, log=print) -> dict[str, tuple[pd.DataFrame, Path, pd.DataFr
     out = {}
     for name, (folder, heldout) in sets.items():
         if p["dataset"] == "synthetic_partial":
-            generate_partial(folder, corpus_spec(p, heldout=heldout), progress=True)
+            generate_partial(folder, corpus_spec(p, heldout=heldout), workers=p["workers"], progress=True)
         # the synthetic corpus is written in AV-Deepfake1M's layout, and read by its indexer
         records = index_dataset("avdeepfake1m" if p["dataset"] == "synthetic_partial" else p["dataset"], folder)
         where = hashlib.sha1(str(folder).encode()).hexdigest()[:8]       # two folders of one name never share a cache
@@ -167,7 +170,7 @@ def prepare(p: dict, log=print) -> dict[str, tuple[pd.DataFrame, Path, pd.DataFr
             f"localise-{p['dataset']}-{folder.name}-{where}-{p['size']}px-{p['fps']:g}fps")
         if name == "heldout" and p["cache_dir"]:
             cache = cache.with_name(cache.name + "_heldout")
-        index, failures = cache_videos(records, folder, cache, fps=p["fps"], size=p["size"])
+        index, failures = cache_videos(records, folder, cache, fps=p["fps"], size=p["size"], workers=p["workers"])
         if len(failures):
             log(f"{len(failures)} video(s) of {portable(folder)} could not be decoded; see {portable(cache / 'failures.csv')}")
         if index.empty:
@@ -193,7 +196,7 @@ def run_seed(p: dict, sets: dict, out_dir: Path, log=print, corpus_seed: int | N
         model, history = train_localiser(cache, index, frames=p["frames"], fps=p["fps"], epochs=p["epochs"],
                                          batch_size=p["batch_size"], lr=p["lr"], seed=p["seed"], device=dev,
                                          amp=use_amp, sync_evidence=sync, windows_per_video=p["windows_per_video"],
-                                         log=log)
+                                         workers=p["loader_workers"], log=log)
         main_variant = variant == variants[0][0]
         val_videos = localise_set(model, cache, index[index["split"] == "val"], device=dev, amp=use_amp)["videos"]
         if main_variant:
@@ -315,11 +318,12 @@ def write_reference(run_dir: Path, reference_dir: Path) -> Path:
 
 
 def summary_lines(run_dir: Path) -> list[str]:
-    """The headline figures of a finished run, as printed at its end."""
-    seeds = run_dir / "seeds.csv"
+    """The headline figures of a finished run, as printed at its end: metrics.json is the last run's
+    (a seeds.csv left in the folder by an earlier run over seeds is not this run's)."""
+    metrics = read_json(run_dir / "metrics.json")
     lines = [f"run folder: {portable(run_dir)}/"]
-    if seeds.is_file():
-        table = pd.read_csv(seeds)
+    if "localisation" not in metrics:
+        table = pd.read_csv(run_dir / "seeds.csv")
         keep = table[table["metric"].isin(["ap@0.5", "ap@0.75", "ar@50", "score", "video_auc_peak",
                                            "video_auc_mean", "verdict_bal_acc_peak", "verdict_bal_acc_mean",
                                            "audio_modified_ap@0.5"])]
@@ -327,7 +331,6 @@ def summary_lines(run_dir: Path) -> list[str]:
             lines.append(f"  {r.set:8s} {r.variant:17s} {r.metric:22s} {r.mean:.3f} +- {r.sd:.3f} "
                          f"[{r.ci95_low:.3f}, {r.ci95_high:.3f}]")
         return lines
-    metrics = read_json(run_dir / "metrics.json")
     for variant, sets in metrics["localisation"].items():
         for name, r in sets.items():
             a = r["avdeepfake1m"]
@@ -360,9 +363,7 @@ def predict_files(model: FrameLocaliser, paths: list[Path], *, size: int, device
     out = {}
     for path in paths:
         try:
-            video, audio = decode_whole(path, fps=model.fps, size=size, sample_rate=model.sample_rate, threads=0)
-            duration = media_duration(path)
-            p = frame_probabilities(model, video, audio, device=device, amp=amp_on)
+            p, duration = stream_frame_probabilities(model, path, size=size, device=device, amp=amp_on)
             rows = propose(p.max(1), model.fps)
             if scored is not None:
                 scored.setdefault("frames", {})[str(path)] = p

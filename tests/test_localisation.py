@@ -15,16 +15,18 @@ import pytest
 import torch
 
 from avlib.dataio.indexers import index_dataset
+from avlib.dataio.loader import shuffled_loader
 from avlib.dataio.synthetic_partial import PartialSpec, entry, generate_partial, plan_partial, render_partial
-from avlib.dataio.video_cache import cache_videos, frame_mask, read_video_entry
+from avlib.dataio.video_cache import cache_videos, decode_whole, frame_mask, read_video_entry
 from avlib.core.errors import MissingInputError, ParameterError
 from avlib.evaluation.localise import localisation_metrics, video_verdict
-from avlib.localise import check_params, corpus_spec, load_localiser, main, parameters_cell, predict_files
+from avlib.localise import check_params, corpus_spec, load_localiser, main, parameters_cell, predict_files, summary_lines
 from avlib.scoring.segment_metrics import localisation_report
-from avlib.scoring.segments import propose, soft_nms, video_scores
+from avlib.models.localiser import FrameLocaliser
+from avlib.scoring.segments import frame_probabilities, propose, soft_nms, stream_frame_probabilities, video_scores
 from avlib.stages import plots_stage
 from avlib.scoring.videos import window_starts
-from avlib.training.localise import frame_ap, train_localiser
+from avlib.training.localise import LocalisationWindows, frame_ap, train_localiser
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = PartialSpec(identities=6, seconds=4.0, size=32, styles=("studio", "webcam"), val_identities=2,
@@ -113,9 +115,21 @@ def test_the_generated_corpus_is_read_by_the_avdeepfake1m_indexer_and_cached_wit
     broken.write_bytes(b"not a video")
     extra = pd.DataFrame([{**records.iloc[0].to_dict(), "path": "test/broken.mp4", "file": "broken.mp4"}])
     index, failures = cache_videos(pd.concat([records, extra]), tiny_corpus, tmp_path / "cache", fps=25.0, size=32,
-                                   progress=False)
+                                   progress=False, workers=2)
+    serial, _ = cache_videos(pd.concat([records, extra]), tiny_corpus, tmp_path / "serial", fps=25.0, size=32,
+                             progress=False, workers=1)
     broken.unlink()
     assert len(index) == len(records) and failures["path"].tolist() == ["test/broken.mp4"]
+    pd.testing.assert_frame_equal(index, serial)                 # worker processes change nothing, not even the order
+    for cid in index["clip_id"][::7]:
+        a, b = read_video_entry(tmp_path / "cache", cid), read_video_entry(tmp_path / "serial", cid)
+        assert all(np.array_equal(a[k], b[k]) for k in ("video", "audio", "mask"))
+    # training windows are read from the cache when drawn, the same in loader workers as without
+    windows = LocalisationWindows(tmp_path / "cache", index[index["split"] == "train"], frames=32, fps=25.0,
+                                  sample_rate=16000, windows_per_video=2, seed=3)
+    windows.set_epoch(1)
+    first = [next(iter(shuffled_loader(windows, batch_size=4, seed=3, workers=n))) for n in (0, 2)]
+    assert all(torch.equal(x, y) for x, y in zip(*first)) and first[0][2].shape == (4, 32, 2)
     assert failures["reason"].iloc[0].startswith("DecodeError") and failures["file"].iloc[0] == "broken.mp4"
     originals = index.set_index("file")
     for r in index[index["category"] != "real"].to_dict("records"):
@@ -139,6 +153,20 @@ def test_the_generated_corpus_is_read_by_the_avdeepfake1m_indexer_and_cached_wit
     again, _ = cache_videos(changed, tiny_corpus, tmp_path / "cache", fps=25.0, size=32, progress=False)
     mask = read_video_entry(tmp_path / "cache", again.loc[row, "clip_id"])["mask"]
     assert mask[:25, 0].all() and not mask[25:, 0].any()
+
+
+@pytest.mark.parametrize("frames", [32, 128])           # windows shorter than the 4 s video, and longer
+def test_streamed_scores_of_a_file_equal_those_of_its_whole_decode(tiny_corpus, frames):
+    torch.manual_seed(0)
+    model = FrameLocaliser(fps=25.0, frames=frames).eval()
+    path = sorted((tiny_corpus / "test").rglob("*.mp4"))[0]
+    video, audio = decode_whole(path, fps=25.0, size=32, sample_rate=16000)
+    whole = frame_probabilities(model, video, audio, batch_size=3)
+    streamed, duration = stream_frame_probabilities(model, path, size=32, batch_size=2)
+    assert streamed.shape == whole.shape == (100, 2) and duration == pytest.approx(4.0, abs=0.05)
+    # a window longer than the file also holds the audio track's last encoder padding, where the
+    # whole decode stops at the video's end and pads with zeros: 2e-5 apart there
+    np.testing.assert_allclose(streamed, whole, atol=1e-5 if frames < 100 else 1e-4)
 
 
 def test_a_small_localiser_recovers_planted_segments_better_than_chance(tiny_corpus, tmp_path):
@@ -202,6 +230,8 @@ def test_the_notebook_runs_the_chain_and_the_command_predicts_segments_of_files(
     assert comparison["set"].str.startswith("published").sum() == 3
     for name in ("localisation_ap_iou.png", "localisation_timelines_main.png", "localisation_timelines_heldout.png"):
         assert (run_dir / "figures" / name).stat().st_size > 1000
+    (run_dir / "seeds.csv").write_text("set,variant,metric,mean,sd,ci95_low,ci95_high\nmain,old,ap@0.5,0.1,0,0,0\n")
+    assert "main (sync_evidence): AP@0.5" in summary_lines(run_dir)[1]      # this run's figures, not an old summary
     # 05_plots draws them again from the run's files, without the model
     timeline_numbers = pd.read_csv(run_dir / "figures" / "localisation_timelines_main.csv")
     shutil.rmtree(run_dir / "figures")

@@ -192,6 +192,16 @@ def make_loader(dataset: Dataset, *, batch_size: int, train: bool, workers: int 
                       worker_init_fn=_leave_inherited_objects_alone if workers > 0 else None)
 
 
+def shuffled_loader(dataset, *, batch_size: int, seed: int, workers: int = 0) -> DataLoader:
+    """A training loader over a map-style dataset whose items depend only on their index (and an
+    epoch the dataset holds): shuffled by a seeded generator, incomplete last batch dropped, in
+    `workers` processes with make_loader's fork hygiene. Workers start afresh each epoch, so
+    they see the dataset's new epoch."""
+    return _CollectingLoader(dataset, batch_size=batch_size, shuffle=True,
+                             generator=torch.Generator().manual_seed(seed), drop_last=True, num_workers=workers,
+                             worker_init_fn=_leave_inherited_objects_alone if workers > 0 else None)
+
+
 def stream_loader(dataset, *, workers: int = 0, prefetch: int = 4) -> DataLoader:
     """A loader for an IterableDataset that yields finished items one by one (no batching, no
     collation: numpy arrays stay numpy), in `workers` processes that keep at most `prefetch`

@@ -20,10 +20,12 @@ rename), so a killed run leaves only complete videos; a rerun decodes only what 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import av
@@ -35,6 +37,7 @@ from avlib.core.progress import ProgressLines
 from avlib.dataio.cache import CacheError, clip_id
 from avlib.dataio.decode import decode_clip, open_media
 from avlib.dataio.features import waveform_to_int16
+from avlib.dataio.preprocess import worker_context
 
 MODALITIES = ("visual", "audio")
 
@@ -71,38 +74,68 @@ def open_video_cache(cache_dir: str | Path, settings: dict) -> Path:
 
 
 def cache_videos(records: pd.DataFrame, data_dir: str | Path, cache_dir: str | Path, *, fps: float, size: int,
-                 sample_rate: int = 16000, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Decode every record's video whole (one pass) into the cache; returns (index, failures)
-    and writes both as CSV. A file that cannot be decoded is listed with its reason and the
-    others go on."""
+                 sample_rate: int = 16000, progress: bool = True, workers: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Decode every record's video whole (one pass) into the cache, `workers` videos at a time in
+    worker processes; returns (index, failures) in the records' order and writes both as CSV. A
+    file that cannot be decoded is listed with its reason and the others go on; a full disk stops
+    the run, keeping the videos cached so far."""
     settings = dict(fps=float(fps), size=int(size), sample_rate=int(sample_rate))
     cache_dir = open_video_cache(cache_dir, settings)
-    data_dir = Path(data_dir)
-    rows, failures = [], []
-    bar = ProgressLines("decode videos", len(records), enabled=progress)
-    for record in records.to_dict("records"):
-        cid = clip_id(record["path"])
-        target = cache_dir / "videos" / f"{cid}.npz"
-        source = data_dir / record["path"]
-        try:
-            mark = fingerprint(source, record)
-            if stored_fingerprint(target) != mark:        # new, or its file or labels changed since
-                _write_entry(target, source, record, settings, mark)
-            with np.load(target) as entry:
-                frames = int(entry["mask"].shape[0])
-            rows.append({**record, "clip_id": cid, "frames": frames})
-        except (MemoryError, KeyboardInterrupt):
-            raise
-        except Exception as e:  # noqa: BLE001 - one unusable file must not stop the others; it is listed
-            if is_disk_full(e):
-                raise           # no fault of the file: stop, keeping the videos cached so far
-            failures.append({**record, "reason": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]})
+    jobs = [(record, str(data_dir), str(cache_dir), settings) for record in records.to_dict("records")]
+    results: list = [None] * len(jobs)
+    todo = [i for i, job in enumerate(jobs) if not _is_cached(job)]      # the rest is read here, not decoded
+    bar = ProgressLines("decode videos", len(jobs), enabled=progress)
+    with contextlib.ExitStack() as stack:
+        if workers > 1 and len(todo) > 1:
+            pool = stack.enter_context(ProcessPoolExecutor(min(workers, len(todo)), mp_context=worker_context()))
+            decoded = pool.map(_cache_one, [jobs[i] for i in todo], chunksize=4)
+        else:
+            decoded = map(_cache_one, [jobs[i] for i in todo])
+        for i, result in zip(todo, decoded):
+            results[i] = result
+            bar.update()
+    for i in sorted(set(range(len(jobs))) - set(todo)):
+        results[i] = _cache_one(jobs[i])
         bar.update()
+    rows = [row for row, _ in results if row is not None]
+    failures = [failure for row, failure in results if row is None]
     index = pd.DataFrame(rows)
     fails = pd.DataFrame(failures, columns=list(records.columns) + ["reason"])
     write_csv(cache_dir / "index.csv", index)
     write_csv(cache_dir / "failures.csv", fails)
     return index, fails
+
+
+def _is_cached(job) -> bool:
+    """Whether the job's video is in the cache with the fingerprint of its file and labels."""
+    record, data_dir, cache_dir, _ = job
+    try:
+        mark = fingerprint(Path(data_dir) / record["path"], record)
+    except OSError:
+        return False                   # a missing file: _cache_one reports it
+    return stored_fingerprint(Path(cache_dir) / "videos" / f"{clip_id(record['path'])}.npz") == mark
+
+
+def _cache_one(job) -> tuple[dict | None, dict | None]:
+    """(index row, None) for a video cached (or already there), (None, failure row) for one that
+    cannot be decoded."""
+    record, data_dir, cache_dir, settings = job
+    cid = clip_id(record["path"])
+    target = Path(cache_dir) / "videos" / f"{cid}.npz"
+    source = Path(data_dir) / record["path"]
+    try:
+        mark = fingerprint(source, record)
+        if stored_fingerprint(target) != mark:        # new, or its file or labels changed since
+            _write_entry(target, source, record, settings, mark)
+        with np.load(target) as entry:
+            frames = int(entry["mask"].shape[0])
+        return {**record, "clip_id": cid, "frames": frames}, None
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # noqa: BLE001 - one unusable file must not stop the others; it is listed
+        if is_disk_full(e):
+            raise           # no fault of the file: stop, keeping the videos cached so far
+        return None, {**record, "reason": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]}
 
 
 def fingerprint(path: Path, record: dict) -> str:

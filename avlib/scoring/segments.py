@@ -25,9 +25,14 @@ lose a true positive to them, and AR@5..20 still sees the primaries first.
 """
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 import numpy as np
 import torch
 
+from avlib.dataio.stream import stream_windows
+from avlib.dataio.video_cache import media_duration
 from avlib.scoring.segment_metrics import iou_1d
 from avlib.scoring.videos import window_starts
 
@@ -44,28 +49,69 @@ def frame_probabilities(model, video: np.ndarray, audio: np.ndarray, *, device="
     """(T, 2) P(fake) per frame of a whole video (uint8 (T, H, W, 3), float audio at the model's
     sample rate) for the model's heads, each frame's value averaged over the windows that
     hold it. Videos shorter than a window are padded by repeating their last frame."""
-    window, rate, fps = model.frames, model.sample_rate, model.fps
-    per_frame = rate / fps
+    window, per_frame = model.frames, model.sample_rate / model.fps
     t = len(video)
     if t < window:
         video = np.concatenate([video, np.repeat(video[-1:], window - t, 0)])
     need = int(round(max(t, window) * per_frame))
     audio = np.pad(audio, (0, max(0, need - len(audio))))
-    starts = [int(t) for t in window_starts(len(video), window, stride or max(1, window // 2))]
-    total, count = np.zeros((len(video), 2)), np.zeros((len(video), 1))
     n_samples = int(round(window * per_frame))
+    starts = window_starts(len(video), window, stride or max(1, window // 2))
+    windows = ((s, video[s:s + window], audio[int(round(s * per_frame)):int(round(s * per_frame)) + n_samples], window)
+               for s in (int(s) for s in starts))
+    return _average_windows(model, windows, len(video), device=device, batch_size=batch_size, amp=amp)[:t]
+
+
+def stream_frame_probabilities(model, path, *, size: int, device="cpu", stride: int | None = None,
+                               batch_size: int = 8, amp: bool = False, threads: int = 0) -> tuple[np.ndarray, float]:
+    """frame_probabilities of a video file, decoded once and in windows (avlib.dataio.stream), so
+    that memory holds a batch of windows, not the video: ((T, 2) P(fake) per frame, the file's
+    duration). T = ceil(duration x fps) frames on the model's grid, fewer when the last grid times
+    lie past the file's last frame. Equal to frame_probabilities of decode_whole's arrays when
+    every grid time has a frame (tested). Raises DecodeError, or ValueError for a file that states
+    no duration."""
+    window, fps, path = model.frames, model.fps, Path(path)
+    duration = media_duration(path)
+    if not duration:
+        raise ValueError("the file states no duration")
+    nominal = max(int(math.ceil(duration * fps - 1e-6)), window)
+    starts = window_starts(nominal, window, stride or max(1, window // 2))
+    clips = stream_windows(path, [s / fps for s in starts], frames=window, size=size, fps=fps,
+                           sample_rate=model.sample_rate, threads=threads)
+    windows = ((int(round(c.start_seconds * fps)), c.video, c.audio, int(c.valid_frames)) for c in clips)
+    p, covered = _average_windows(model, windows, nominal, device=device, batch_size=batch_size, amp=amp,
+                                  with_coverage=True)
+    return p[:max(1, covered)], float(duration)
+
+
+def _average_windows(model, windows, t: int, *, device, batch_size: int, amp: bool, with_coverage: bool = False):
+    """(t, 2) mean P(fake) per frame over `windows`, an iterable of (start frame, video (window, H, W, 3)
+    uint8, audio (samples,) float32, valid frames), scored `batch_size` at a time; with_coverage:
+    also the end of the last valid frame."""
+    total, count = np.zeros((t, 2)), np.zeros((t, 1))
+    covered = 0
+
+    def flush(chunk):
+        v = torch.from_numpy(np.stack([w[1] for w in chunk])).to(device).permute(0, 4, 1, 2, 3).float().div_(255.0)
+        a = torch.from_numpy(np.stack([w[2] for w in chunk]).astype(np.float32)).to(device)
+        probs = torch.sigmoid(model(v, a)["logits"].float()).cpu().numpy()
+        for (s, _, _, valid), p in zip(chunk, probs):
+            end = min(s + valid, t)
+            total[s:end] += p[:end - s]
+            count[s:end] += 1
+
+    chunk = []
     with torch.no_grad(), torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=amp):
-        for i in range(0, len(starts), batch_size):
-            chunk = starts[i:i + batch_size]
-            v = torch.from_numpy(np.stack([video[s:s + window] for s in chunk])).to(device)
-            v = v.permute(0, 4, 1, 2, 3).float().div_(255.0)
-            a = torch.from_numpy(np.stack([audio[int(round(s * per_frame)):int(round(s * per_frame)) + n_samples]
-                                           for s in chunk]).astype(np.float32)).to(device)
-            probs = torch.sigmoid(model(v, a)["logits"].float()).cpu().numpy()
-            for s, p in zip(chunk, probs):
-                total[s:s + window] += p
-                count[s:s + window] += 1
-    return (total / np.maximum(count, 1))[:t]
+        for w in windows:
+            chunk.append(w)
+            covered = max(covered, w[0] + w[3])
+            if len(chunk) == batch_size:
+                flush(chunk)
+                chunk = []
+        if chunk:
+            flush(chunk)
+    p = total / np.maximum(count, 1)
+    return (p, min(covered, t)) if with_coverage else p
 
 
 def propose(p: np.ndarray, fps: float, *, thresholds=THRESHOLDS, sigma: float = SOFT_NMS_SIGMA,

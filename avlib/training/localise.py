@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.metrics import average_precision_score
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from avlib.dataio.loader import shuffled_loader
 from avlib.dataio.video_cache import read_video_entry
 from avlib.models.localiser import FrameLocaliser, localiser_loss
 from avlib.scoring.segments import frame_probabilities
@@ -29,7 +30,7 @@ class LocalisationWindows(Dataset):
 
     def __init__(self, cache_dir, index: pd.DataFrame, *, frames: int, fps: float, sample_rate: int,
                  windows_per_video: int = 4, seed: int = 0):
-        self.entries = [read_video_entry(cache_dir, cid) for cid in index["clip_id"]]
+        self.cache_dir, self.clip_ids = cache_dir, list(index["clip_id"])   # each video read when drawn: memory holds a batch
         self.frames, self.per_frame = frames, sample_rate / fps
         self.windows_per_video, self.seed, self.epoch = windows_per_video, seed, 0
 
@@ -37,10 +38,10 @@ class LocalisationWindows(Dataset):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.entries) * self.windows_per_video
+        return len(self.clip_ids) * self.windows_per_video
 
     def __getitem__(self, i: int):
-        entry = self.entries[i // self.windows_per_video]
+        entry = read_video_entry(self.cache_dir, self.clip_ids[i // self.windows_per_video])
         rng = np.random.default_rng([self.seed, self.epoch, i])
         t, window = len(entry["mask"]), self.frames
         fake = np.flatnonzero(entry["mask"].any(1))
@@ -78,9 +79,11 @@ def frame_ap(model, cache_dir, index: pd.DataFrame, *, device="cpu", amp: bool =
 def train_localiser(cache_dir, index: pd.DataFrame, *, frames: int, fps: float, sample_rate: int = 16000,
                     epochs: int = 12, batch_size: int = 8, lr: float = 1e-3, seed: int = 0, device="cpu",
                     amp: bool = False, sync_evidence: bool = True, windows_per_video: int = 4,
-                    log=print) -> tuple[FrameLocaliser, pd.DataFrame]:
+                    workers: int = 0, log=print) -> tuple[FrameLocaliser, pd.DataFrame]:
     """Train on index's `train` videos, keep the epoch with the best frame-level AP on its `val`
-    videos; returns (model in eval mode, history with one row per epoch)."""
+    videos; returns (model in eval mode, history with one row per epoch). `workers` DataLoader
+    processes read and cut the windows (each window depends only on the seed, the epoch and its
+    index, so the batches are the same with any number)."""
     torch.manual_seed(seed)
     model = FrameLocaliser(fps=fps, frames=frames, sample_rate=sample_rate, sync_evidence=sync_evidence).to(device)
     train = index[index["split"] == "train"]
@@ -90,8 +93,7 @@ def train_localiser(cache_dir, index: pd.DataFrame, *, frames: int, fps: float, 
                          f"{len(train)} train and {len(val)} val")
     data = LocalisationWindows(cache_dir, train, frames=frames, fps=fps, sample_rate=sample_rate,
                                windows_per_video=windows_per_video, seed=seed)
-    generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=generator, drop_last=True)
+    loader = shuffled_loader(data, batch_size=batch_size, seed=seed, workers=workers)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * len(loader))
     best, best_ap, history = None, -1.0, []
