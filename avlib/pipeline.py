@@ -189,7 +189,9 @@ def test_set_lines(metrics: dict) -> list[str]:
         lines.append(row)
     cal = metrics.get("calibration") or {}
     if "ece_before" in cal:
-        lines.append(f"calibration ({cal.get('method')}): ECE {cal['ece_before']:.3f} -> {cal['ece']:.3f}, "
+        floor = (f" (perfect calibration shows {cal['ece_floor']:.3f} on this many clips, 95 % below "
+                 f"{cal['ece_floor_95']:.3f})") if "ece_floor" in cal else ""
+        lines.append(f"calibration ({cal.get('method')}): ECE {cal['ece_before']:.3f} -> {cal['ece']:.3f}{floor}, "
                      f"Brier {cal['brier_before']:.3f} -> {cal['brier']:.3f} on the {metrics.get('split', 'test')} split")
     domain = metrics.get("domain_calibration")
     if domain and "held_out_real_called_fake" in domain:

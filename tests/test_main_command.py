@@ -45,7 +45,8 @@ def test_main_command_streams_epochs_and_ends_with_a_summary(_clone_smoke_lines)
     table = text.index(next(line for line in text if line.startswith("the verdict on every set (threshold ")))
     assert text[table + 1].split() == ["set", "AUC", "sync", "AUC", "bal.", "acc.", "real->fake", "fake->fake"]
     assert [line.split()[0] for line in text[table + 2:table + 4]] == ["test", "smoke-external"]
-    assert re.fullmatch(r"calibration \(temperature\): ECE [\d.]+ -> [\d.]+, Brier [\d.]+ -> [\d.]+ on the test split",
+    assert re.fullmatch(r"calibration \(temperature\): ECE [\d.]+ -> [\d.]+ \(perfect calibration shows [\d.]+ on this many "
+                        r"clips, 95 % below [\d.]+\), Brier [\d.]+ -> [\d.]+ on the test split",
                         text[table + 4]), text[table + 4]
     assert not [line for line in text if re.search("warning|error|encryption|unable to", line, re.I)], text
 

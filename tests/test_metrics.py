@@ -50,6 +50,21 @@ def test_calibration_by_hand():
     cal = calibration([0, 1], [0.2, 0.8], bins=10)
     assert cal["brier"] == pytest.approx(0.04)
     assert cal["ece"] == pytest.approx(0.2)
+    # each clip alone in its bin: |0.2 - 0| w.p. 0.8 and |0.2 - 1| w.p. 0.2 -> 0.32, the same for 0.8;
+    # ECE 0.2, 0.5 or 0.8 (both off: w.p. 0.04), so its 95th percentile is 0.5
+    assert cal["ece_floor"] == pytest.approx(0.32, abs=0.03) and cal["ece_floor_95"] == pytest.approx(0.5)
+    assert calibration([1, 0], [0.2, 0.8])["ece_floor"] == cal["ece_floor"]       # it does not look at the labels
+
+
+def test_the_ece_floor_falls_with_the_number_of_clips():
+    rng = np.random.default_rng(3)
+    floors = {}
+    for n in (45, 5000):
+        probs = rng.random(n)
+        cal = calibration(rng.random(n) < probs, probs)         # calibrated by construction
+        floors[n] = cal["ece_floor"]
+        assert cal["ece"] <= cal["ece_floor_95"]
+    assert floors[45] > 0.05 > 0.03 > floors[5000]
 
 
 def test_per_category_compares_each_fake_group_with_all_reals():

@@ -135,8 +135,10 @@ def _decode(container, frames, size, fps, sample_rate, window, skip_silence, fac
 class _FramePicker:
     """Assigns to each grid time the decoded frame nearest to it (streaming, bounded memory)."""
 
-    def __init__(self, grid: np.ndarray, size: int, face_crop: bool):
+    def __init__(self, grid: np.ndarray, size: int, face_crop: bool, convert=None):
         self.grid, self.size, self.face_crop = grid, size, face_crop
+        # frame -> image; stream.py passes one that converts each frame once for overlapping windows
+        self.convert = convert or (lambda frame: convert_frame(frame, size, face_crop))
         self.k = 0
         self.prev = None          # (time, av.VideoFrame)
         self.prev_array = None    # the converted image of prev, reused when a frame repeats
@@ -177,8 +179,7 @@ class _FramePicker:
 
     def _take_prev(self) -> None:
         if self.prev_array is None:
-            rgb = frame_to_rgb(self.prev[1])
-            self.prev_array = limit_side(rgb, 4 * self.size) if self.face_crop else square_resize(rgb, self.size)
+            self.prev_array = self.convert(self.prev[1])
         self.images.append(self.prev_array)
         self.k += 1
 
@@ -227,6 +228,13 @@ class _AudioCollector:
         src = samples[max(offset, 0): max(offset, 0) + n_samples - max(-offset, 0)]
         out[max(-offset, 0): max(-offset, 0) + len(src)] = src
         return out
+
+
+def convert_frame(frame, size: int, face_crop: bool) -> np.ndarray:
+    """A decoded frame as the cache keeps it: RGB, centre-square-cropped and resized to size x
+    size, or (face_crop) only bounded in size, for the face crop that follows."""
+    rgb = frame_to_rgb(frame)
+    return limit_side(rgb, 4 * size) if face_crop else square_resize(rgb, size)
 
 
 def frame_to_rgb(frame) -> np.ndarray:

@@ -17,7 +17,7 @@ from typing import Iterator
 import av
 import numpy as np
 
-from avlib.dataio.decode import SAMPLE_RATE, DecodedClip, DecodeError, _FramePicker, open_media
+from avlib.dataio.decode import SAMPLE_RATE, DecodedClip, DecodeError, _FramePicker, convert_frame, open_media
 
 LEAD = 1.0          # seconds before a window's first grid time at which its picker starts to watch the frames
 
@@ -100,6 +100,14 @@ def _stream(container, vstream, astream, starts, frames, size, fps, sample_rate,
     v0 = float(vstream.start_time * vstream.time_base) if vstream.start_time is not None else 0.0
     pending = deque()                # (start, picker), in order
     upcoming = deque(starts)
+    last = [None, None]              # the frame converted last and its image: overlapping windows take
+                                     # the same frames, each converted once
+
+    def convert(frame):
+        if last[0] is not frame:
+            last[0], last[1] = frame, convert_frame(frame, size, face_crop)
+        return last[1]
+
     audio = _RollingAudio(sample_rate) if astream is not None else None
     streams = [vstream] + ([astream] if astream is not None else [])
 
@@ -118,7 +126,8 @@ def _stream(container, vstream, astream, starts, frames, size, fps, sample_rate,
                 t = frame.time if frame.time is not None else 0.0
                 while upcoming and t >= v0 + upcoming[0] - LEAD:
                     start = upcoming.popleft()
-                    pending.append((start, _FramePicker(v0 + start + np.arange(frames) / fps, size, face_crop)))
+                    pending.append((start, _FramePicker(v0 + start + np.arange(frames) / fps, size, face_crop,
+                                                        convert)))
                 for _, picker in pending:
                     picker.add(frame)
             elif audio is not None:
