@@ -543,10 +543,12 @@ def bench_localise(seconds: float, size: int, model_size: int, log=print) -> dic
         path = _talk_video(tmp / "talk.mp4", seconds, size)
         out = {}
         for mode in ("none", "stream", "whole"):
-            line = subprocess.run([sys.executable, "-m", "avlib.bench", "localise-one", "--mode", mode, "--path",
-                                   str(path), "--size", str(model_size)], check=True, capture_output=True, text=True)
-            out[mode] = json.loads(line.stdout.strip().splitlines()[-1])
-            log(f"  {mode}: {out[mode]}")
+            done = subprocess.run([sys.executable, "-m", "avlib.bench", "localise-one", "--mode", mode, "--path",
+                                   str(path), "--size", str(model_size)], capture_output=True, text=True)
+            if done.returncode:
+                raise RuntimeError(f"bench localise, mode {mode}: the child process failed:\n{done.stderr[-2000:]}")
+            out[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+            log(f"  {mode}: {out[mode]['seconds']:.1f} s")
         return out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -561,7 +563,7 @@ def main(argv=None) -> int:
     parser.add_argument("--clips", type=int, default=120)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--frames", type=int, default=16)
-    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--size", type=int, help="frame side the model sees (default 64; localise: 48, the demo's)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=2, help="steps (batches) per timed round")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds; figures are medians")
@@ -578,6 +580,8 @@ def main(argv=None) -> int:
     parser.add_argument("--amp", default="auto", choices=["auto", "true", "false"],
                         help="train: bf16 autocast in our loop; auto: where the hardware computes in bf16 natively")
     args = parser.parse_args(argv)
+    if args.size is None:
+        args.size = 48 if args.what in ("localise", "localise-one") else 64
     if args.what == "seed-alone":                 # used by seed_loop_alone: one JSON line on stdout
 
         r = bench_train(args.frames, args.size, args.batch, args.steps, args.repeats, seed_only=True,
@@ -591,7 +595,7 @@ def main(argv=None) -> int:
         print(f"localise (per-frame P(fake), the demo localiser at {args.size}x{args.size}, 50 frames at 25 fps) "
               f"of one H.264/AAC video of {args.seconds:g} s, {args.video_size}x{args.video_size}; CPU: "
               f"{cpu_description()}")
-        r = bench_localise(args.seconds, args.video_size, args.size, log=lambda *a: None)
+        r = bench_localise(args.seconds, args.video_size, args.size, log=lambda line: print(line, flush=True))
         for mode, what in (("stream", "streamed (predict)"), ("whole", "whole video decoded first")):
             print(f"  {what:>26}: {args.seconds / r[mode]['seconds']:6.1f} s of video per second, peak RSS "
                   f"{r[mode]['peak_rss_mb']:,.0f} MB ({r[mode]['frames']} frames)")

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
+import imageio_ffmpeg
 import nbformat
 import numpy as np
 import pandas as pd
@@ -19,6 +21,7 @@ from avlib.dataio.loader import shuffled_loader
 from avlib.dataio.synthetic_partial import PartialSpec, entry, generate_partial, plan_partial, render_partial
 from avlib.dataio.video_cache import cache_videos, decode_whole, frame_mask, read_video_entry
 from avlib.core.errors import MissingInputError, ParameterError
+from avlib.dataio.decode import DecodeError
 from avlib.evaluation.localise import localisation_metrics, video_verdict
 from avlib.localise import check_params, corpus_spec, load_localiser, main, parameters_cell, predict_files, summary_lines
 from avlib.scoring.segment_metrics import localisation_report
@@ -128,7 +131,11 @@ def test_the_generated_corpus_is_read_by_the_avdeepfake1m_indexer_and_cached_wit
     windows = LocalisationWindows(tmp_path / "cache", index[index["split"] == "train"], frames=32, fps=25.0,
                                   sample_rate=16000, windows_per_video=2, seed=3)
     windows.set_epoch(1)
-    first = [next(iter(shuffled_loader(windows, batch_size=4, seed=3, workers=n))) for n in (0, 2)]
+    first = []
+    for n in (0, 2):
+        batches = iter(shuffled_loader(windows, batch_size=4, seed=3, workers=n))
+        first.append(next(batches))
+        del batches                                   # its worker processes end here
     assert all(torch.equal(x, y) for x, y in zip(*first)) and first[0][2].shape == (4, 32, 2)
     assert failures["reason"].iloc[0].startswith("DecodeError") and failures["file"].iloc[0] == "broken.mp4"
     originals = index.set_index("file")
@@ -167,6 +174,29 @@ def test_streamed_scores_of_a_file_equal_those_of_its_whole_decode(tiny_corpus, 
     # a window longer than the file also holds the audio track's last encoder padding, where the
     # whole decode stops at the video's end and pads with zeros: 2e-5 apart there
     np.testing.assert_allclose(streamed, whole, atol=1e-5 if frames < 100 else 1e-4)
+
+
+def test_streamed_scores_stop_at_the_last_frame_and_a_file_without_frames_is_an_error(tiny_corpus, tmp_path):
+    torch.manual_seed(0)
+    model = FrameLocaliser(fps=25.0, frames=32).eval()
+    # a container longer than its video (2 s of frames, 6 s of sound): no window past the last frame
+    long_audio = tmp_path / "long_audio.mp4"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "testsrc2=size=64x64:rate=25:duration=2", "-f", "lavfi", "-i", "sine=frequency=300:sample_rate=16000:duration=6",
+                    "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", str(long_audio)], check=True)
+    p, duration = stream_frame_probabilities(model, long_audio, size=32)
+    assert duration > 5.5 and p.shape == (50, 2) and (p > 0).all()
+    # every video packet zeroed: the header opens, no frame decodes
+    data = bytearray((sorted((tiny_corpus / "test").rglob("*.mp4"))[0]).read_bytes())
+    start, moov = data.find(b"mdat") + 4, data.find(b"moov")
+    end = moov - 4 if moov > start else len(data)
+    data[start:end] = bytes(end - start)
+    blank = tmp_path / "blank.mp4"
+    blank.write_bytes(bytes(data))
+    with pytest.raises(DecodeError, match="no decodable video frame"):
+        stream_frame_probabilities(model, blank, size=32)
+    out = predict_files(model, [blank, long_audio], size=32, log=lambda line: None)
+    assert "no decodable video frame" in out[str(blank)]["error"] and "segments" in out[str(long_audio)]
 
 
 def test_a_small_localiser_recovers_planted_segments_better_than_chance(tiny_corpus, tmp_path):

@@ -142,6 +142,8 @@ def _stream(container, vstream, astream, starts, frames, size, fps, sample_rate,
     if audio is not None:
         audio.flush()
     for start, picker in pending:    # windows that reach the end of the file
+        if picker.prev is None or v0 + start > picker.prev[0] + (picker.step or 0.0) / 2 + 1e-6:
+            continue                 # it starts after the last frame (a container longer than its video)
         picker.finish()
         if picker.valid:
             yield clip(start, picker, audio is not None)

@@ -87,7 +87,9 @@ def cache_videos(records: pd.DataFrame, data_dir: str | Path, cache_dir: str | P
     bar = ProgressLines("decode videos", len(jobs), enabled=progress)
     with contextlib.ExitStack() as stack:
         if workers > 1 and len(todo) > 1:
-            pool = stack.enter_context(ProcessPoolExecutor(min(workers, len(todo)), mp_context=worker_context()))
+            pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=worker_context())
+            # on an error (a full disk) the queued videos are dropped, not decoded before it surfaces
+            stack.callback(pool.shutdown, wait=True, cancel_futures=True)
             decoded = pool.map(_cache_one, [jobs[i] for i in todo], chunksize=4)
         else:
             decoded = map(_cache_one, [jobs[i] for i in todo])
@@ -111,8 +113,8 @@ def _is_cached(job) -> bool:
     record, data_dir, cache_dir, _ = job
     try:
         mark = fingerprint(Path(data_dir) / record["path"], record)
-    except OSError:
-        return False                   # a missing file: _cache_one reports it
+    except Exception:  # noqa: BLE001 - a missing file or malformed fake periods: _cache_one reports it
+        return False
     return stored_fingerprint(Path(cache_dir) / "videos" / f"{clip_id(record['path'])}.npz") == mark
 
 

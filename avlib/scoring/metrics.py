@@ -69,9 +69,13 @@ def calibration(labels, probs, bins: int = 10, draws: int = 500) -> dict:
     ece = float(np.sum(np.abs(mean_p - np.array([labels[which == b].mean() for b in used])) * share)) if used else float("nan")
     out = {"ece": ece, "brier": float(np.mean((probs - labels) ** 2)) if len(probs) else float("nan")}
     if used:
-        drawn = np.random.default_rng(0).random((draws, len(probs))) < probs        # perfectly calibrated labels
-        frac = np.stack([drawn[:, which == b].mean(axis=1) for b in used], axis=1)  # (draws, bins used)
-        floor = (np.abs(frac - mean_p) * share).sum(axis=1)
+        rng, floor = np.random.default_rng(0), []
+        step = max(1, 2_000_000 // len(probs))                    # draws at a time: memory bounded on big sets
+        for done in range(0, draws, step):
+            drawn = rng.random((min(step, draws - done), len(probs))) < probs        # perfectly calibrated labels
+            frac = np.stack([drawn[:, which == b].mean(axis=1) for b in used], axis=1)  # (draws, bins used)
+            floor.append((np.abs(frac - mean_p) * share).sum(axis=1))
+        floor = np.concatenate(floor)
         out.update(ece_floor=float(floor.mean()), ece_floor_95=float(np.percentile(floor, 95)))
     return out
 

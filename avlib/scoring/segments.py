@@ -20,8 +20,11 @@ per-frame curve are often one or two frames off. After the primary proposals, th
 to copies of the `boundary_of` strongest ones with each end moved by up to `boundary_shift`
 frames (dense start/end pairs around a peak, as BMN-style proposal maps give), nearest first.
 Each copy's confidence is its parent's times BOUNDARY_SCALE (1e-6) times exp(-moved^2 / 2), and at
-most half the weakest primary's, so it ranks below every primary proposal of its video: AP@IoU, which ranks by confidence, cannot
-lose a true positive to them, and AR@5..20 still sees the primaries first.
+most half the weakest primary's, so it ranks below every primary proposal of its video and AR@5..20
+still sees the primaries first. AP ranks the proposals of all videos together: a copy can outrank
+another video's primary only when Soft-NMS has left that one near zero, and a copy can itself be a
+true positive at IoU 0.9 or 0.95, so AP can move, slightly (on the demo: AP@0.5 and AP@0.75
+unchanged, AP@0.9 and AP@0.95 a little higher).
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from avlib.dataio.decode import DecodeError
 from avlib.dataio.stream import stream_windows
 from avlib.dataio.video_cache import media_duration
 from avlib.scoring.segment_metrics import iou_1d
@@ -81,7 +85,9 @@ def stream_frame_probabilities(model, path, *, size: int, device="cpu", stride: 
     windows = ((int(round(c.start_seconds * fps)), c.video, c.audio, int(c.valid_frames)) for c in clips)
     p, covered = _average_windows(model, windows, nominal, device=device, batch_size=batch_size, amp=amp,
                                   with_coverage=True)
-    return p[:max(1, covered)], float(duration)
+    if covered == 0:
+        raise DecodeError("no decodable video frame")
+    return p[:covered], float(duration)
 
 
 def _average_windows(model, windows, t: int, *, device, batch_size: int, amp: bool, with_coverage: bool = False):

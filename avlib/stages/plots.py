@@ -52,10 +52,13 @@ def localisation_runs(run: Path) -> list[Path]:
     metrics = run / "metrics.json"
     if not metrics.is_file():
         return []
-    if "localisation" in read_json(metrics):
+    saved = read_json(metrics)
+    if "localisation" in saved:
         return [run]
-    return sorted(s for s in run.glob("seed_*") if (s / "metrics.json").is_file()
-                  and "localisation" in read_json(s / "metrics.json"))
+    if "summary" not in saved or "seeds" not in saved:          # a run of notebooks 01-04
+        return []
+    # the seeds of this run (the folder may hold others from an earlier run)
+    return [run / f"seed_{seed}" for seed in saved["seeds"]]
 
 
 def localisation_plots(run: Path) -> list[Path]:
