@@ -2,6 +2,7 @@
 
     python -m avlib.localise params/demo_localise.yaml [--seeds 0,1,2]
     python -m avlib.localise --checkpoint results/demo_localise/localiser.pt VIDEO_OR_FOLDER ... [--out segments.json]
+        [--resume] [--shard K/N] [--figure timelines.png]
 
 The first form runs the chain (generating the synthetic partial fakes when `dataset` is
 synthetic_partial and the folder is empty): index -> decode whole videos with per-frame masks
@@ -11,7 +12,11 @@ metrics.json (`localisation`), comparison.csv, the challenge submission, figures
 mean, sd and 95 % t-interval of each figure over seeds.
 
 The second form writes each video's segments ([confidence, start, end] in seconds, the
-modality, the video-level score) as JSON, from a trained localiser.
+modality, the video-level score) as JSON, from a trained localiser. Each file is decoded once, in
+windows (avlib.dataio.stream). For large folders (a challenge's test set): each video's result is
+appended to <out>.partial.jsonl as it is done, `--resume` keeps what a killed run finished, and
+`--shard K/N` scores every N-th video from the K-th of the sorted list (the N outputs together
+are one run's).
 
 Splits: the dataset's own. With train, val and test (the synthetic corpus; LAV-DF's
 train/dev/test) they are used as they are. AV-Deepfake1M publishes labels for train and val
@@ -23,7 +28,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import math
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -40,7 +47,7 @@ from avlib.core.runtime import cpu_description, pick_device, resolve_amp
 from avlib.dataio.cache import CacheError
 from avlib.dataio.indexers import index_dataset
 from avlib.dataio.records import DatasetIndexError
-from avlib.dataio.inputs import expand_paths
+from avlib.dataio.inputs import expand_paths, parse_shard, take_shard
 from avlib.dataio.synthetic_partial import PartialSpec, generate_partial, identity_split
 from avlib.dataio.video_cache import cache_videos
 from avlib.dataio.localisation_sets import write_submission
@@ -356,10 +363,11 @@ def load_localiser(path: str | Path, device="cpu") -> FrameLocaliser:
 
 
 def predict_files(model: FrameLocaliser, paths: list[Path], *, size: int, device="cpu", amp_on: bool = False,
-                  log=print, scored: dict | None = None, threshold: float | None = None) -> dict:
+                  log=print, scored: dict | None = None, threshold: float | None = None, on_video=None) -> dict:
     """{file: dict(segments [{start, end, confidence, modality}], video_score (the peak of the per-frame
     P(fake)), verdict (FAKE or REAL at `threshold`, when given), duration) or dict(error)}.
-    `scored`, when given, receives {"frames": {file: (T, 2)}, "proposals": {file: (n, 3)}} for figures."""
+    `scored`, when given, receives {"frames": {file: (T, 2)}, "proposals": {file: (n, 3)}} for figures;
+    `on_video(file, result)` is called as each video is done."""
     out = {}
     for path in paths:
         try:
@@ -377,7 +385,42 @@ def predict_files(model: FrameLocaliser, paths: list[Path], *, size: int, device
         except Exception as e:  # noqa: BLE001 - one unreadable file must not stop the others; it is reported
             out[str(path)] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
             log(f"{path}: {out[str(path)]['error']}")
+        if on_video is not None:
+            on_video(str(path), out[str(path)])
     return out
+
+
+class SegmentsLog:
+    """Each video's result appended to `<out>.partial.jsonl` as it is done (one JSON line, flushed
+    and synced), so that a killed prediction loses only the video in flight; with `resume`, the
+    videos already in --out or in the log are `done` (a last line cut by the kill is dropped).
+    `finish` writes --out whole (atomically) and removes the log."""
+
+    def __init__(self, out: Path, *, resume: bool):
+        self.out, self.log = Path(out), Path(out).with_suffix(".partial.jsonl")
+        self.done: dict = {}
+        if resume:
+            if self.out.is_file():
+                self.done.update(read_json(self.out))
+            if self.log.is_file():
+                for line in self.log.read_text().splitlines(keepends=True):
+                    if line.endswith("\n"):                   # the line a kill cut short has none
+                        file, result = json.loads(line)
+                        self.done[file] = result
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.log.write_text("".join(json.dumps([f, r]) + "\n" for f, r in self.done.items()))
+
+    def append(self, file: str, result: dict) -> None:
+        with open(self.log, "a", encoding="utf-8") as f:
+            f.write(json.dumps([file, result]) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def finish(self, results: dict) -> dict:
+        everything = {**self.done, **results}
+        write_json(self.out, everything)
+        self.log.unlink(missing_ok=True)
+        return everything
 
 
 def main(argv=None) -> int:
@@ -389,6 +432,12 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint", help="a trained localiser.pt: predict segments of the inputs")
     parser.add_argument("--out", default="segments.json", help="with --checkpoint: where the JSON goes")
     parser.add_argument("--figure", help="with --checkpoint: a PNG of each video's per-frame P(fake) and top segments")
+    parser.add_argument("--resume", action="store_true",
+                        help="with --checkpoint: keep the videos already in --out (or in its .partial.jsonl, after a "
+                             "kill) and score only the others")
+    parser.add_argument("--shard", type=parse_shard, metavar="K/N",
+                        help="with --checkpoint: only the K-th of N shares of the videos (K from 0; e.g. "
+                             "SLURM_ARRAY_TASK_ID/N): the N --out files together are one run's")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--amp", default="auto")
     args = parser.parse_args(argv)
@@ -398,11 +447,15 @@ def main(argv=None) -> int:
             model = load_localiser(args.checkpoint, dev)
             saved = load_checkpoint(args.checkpoint)
             size, threshold = saved["params"]["size"], saved.get("video_threshold")
-            paths = expand_paths(args.inputs)
+            paths = take_shard(expand_paths(args.inputs), args.shard)
+            log = SegmentsLog(Path(args.out), resume=args.resume)
+            todo = [p for p in paths if str(p) not in log.done]
+            if log.done:
+                print(f"resuming: {len(paths) - len(todo)} of {len(paths)} videos already done", file=sys.stderr)
             scored: dict = {}
-            result = predict_files(model, paths, size=size, device=dev, amp_on=resolve_amp(args.amp, dev),
-                                   scored=scored, threshold=threshold)
-            write_json(args.out, result)
+            result = predict_files(model, todo, size=size, device=dev, amp_on=resolve_amp(args.amp, dev),
+                                   scored=scored, threshold=threshold, on_video=log.append)
+            result = log.finish(result)
             if args.figure and scored:
                 files = pd.DataFrame({"file": list(scored["frames"]), "category": "predicted", "fake_periods": ""})
                 path = plot_localisation_timelines(files, scored, Path(args.figure).parent, fps=model.fps,

@@ -48,7 +48,7 @@ import pandas as pd
 from avlib.core.progress import ProgressLines
 from avlib.core.runtime import resolve_amp, tune_allocator
 from avlib.dataio.decode import DecodeError
-from avlib.dataio.inputs import InputLimits, InputRefused, expand_paths
+from avlib.dataio.inputs import InputLimits, InputRefused, expand_paths, parse_shard, take_shard
 from avlib.figures.plots import plot_timeline
 from avlib.models.detector import inference_model
 from avlib.scoring.calibration import apply_verdict, domain_verdict
@@ -153,7 +153,7 @@ def main(argv=None) -> int:
                              "%(default)d: the cores beyond two, at most 4, so that the model keeps two)")
     parser.add_argument("--resume", action="store_true",
                         help="with --csv: keep the videos already in it and score only the others")
-    parser.add_argument("--shard", type=_shard, metavar="K/N",
+    parser.add_argument("--shard", type=parse_shard, metavar="K/N",
                         help="score only the K-th of N shares of the videos (K from 0; e.g. SLURM_ARRAY_TASK_ID/N): "
                              "the N outputs together are one run's")
     parser.add_argument("--device", default="cpu")
@@ -190,10 +190,7 @@ def main(argv=None) -> int:
     if args.threshold is not None:
         verdict = {**verdict, "threshold": args.threshold}
     threshold = verdict["threshold"]
-    paths = sorted(expand_paths(args.paths), key=str)
-    if args.shard:
-        k, n = args.shard
-        paths = [p for i, p in enumerate(paths) if i % n == k]
+    paths = take_shard(expand_paths(args.paths), args.shard)
     out = ResultsFile(args.csv, resume=args.resume)
     todo = [p for p in paths if str(p) not in out.done]
     if out.done:
@@ -313,14 +310,6 @@ class VideoProgress(ProgressLines):
         elapsed = (self.clock() if now is None else now) - self.start
         return (f"{super().line(now)}; {self.seconds:,.0f} s of video, "
                 f"{self.seconds / elapsed if elapsed > 0 else float('nan'):.1f} s of video per second")
-
-
-def _shard(text: str) -> tuple[int, int]:
-    """An argparse type: 'K/N', the K-th (from 0) of N shards."""
-    k, _, n = text.partition("/")
-    if not (k.isdigit() and n.isdigit() and 0 <= int(k) < int(n)):
-        raise argparse.ArgumentTypeError(f"must be K/N with 0 <= K < N (e.g. 0/4 .. 3/4), got {text}")
-    return int(k), int(n)
 
 
 def _fraction(text: str) -> float:

@@ -286,6 +286,20 @@ def test_the_notebook_runs_the_chain_and_the_command_predicts_segments_of_files(
                  "--figure", str(tmp_path / "timeline.png")])
     assert code == 0 and (tmp_path / "timeline.png").stat().st_size > 1000
     assert json.loads((tmp_path / "s.json").read_text())[str(videos[0])]["segments"] is not None
+    # a folder in shards, and a killed run resumed: the same results as one run
+    folder = [str(v) for v in sorted((tmp_path / "data" / "partial" / "test").rglob("*.mp4"))[:4]]
+    base = ["--checkpoint", str(run_dir / "localiser.pt"), *folder]
+    assert main(base + ["--out", str(tmp_path / "all.json")]) == 0
+    whole = json.loads((tmp_path / "all.json").read_text())
+    for k in (0, 1):
+        assert main(base + ["--shard", f"{k}/2", "--out", str(tmp_path / f"part{k}.json")]) == 0
+    parts = [json.loads((tmp_path / f"part{k}.json").read_text()) for k in (0, 1)]
+    assert not set(parts[0]) & set(parts[1]) and {**parts[0], **parts[1]} == whole
+    marked = {**whole[folder[0]], "video_score": -1.0}          # finished before the kill: kept, not redone
+    (tmp_path / "again.partial.jsonl").write_text(json.dumps([folder[0], marked]) + "\n" + '["' + folder[1][:10])
+    assert main(base + ["--resume", "--out", str(tmp_path / "again.json")]) == 0
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again == {**whole, folder[0]: marked} and not (tmp_path / "again.partial.jsonl").exists()
 
 
 def test_localisation_metrics_of_a_perfect_prediction_reach_the_official_ceiling():

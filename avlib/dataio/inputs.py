@@ -3,6 +3,7 @@ size and its duration, checked from the size and stream header before any frame 
 and the video files of the paths a user names."""
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,3 +67,21 @@ def expand_paths(paths: list[str]) -> list[Path]:
         else:
             out.append(p)
     return out
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """An argparse type: 'K/N', the K-th (from 0) of N shards."""
+    k, _, n = text.partition("/")
+    if not (k.isdigit() and n.isdigit() and 0 <= int(k) < int(n)):
+        raise argparse.ArgumentTypeError(f"must be K/N with 0 <= K < N (e.g. 0/4 .. 3/4), got {text}")
+    return int(k), int(n)
+
+
+def take_shard(paths: list[Path], shard: tuple[int, int] | None) -> list[Path]:
+    """The files of shard (K, N) (None: all): every N-th of the sorted list from the K-th, so that
+    N array jobs on a cluster split a folder deterministically and together score all of it."""
+    paths = sorted(paths, key=str)
+    if shard is None:
+        return paths
+    k, n = shard
+    return [p for i, p in enumerate(paths) if i % n == k]
