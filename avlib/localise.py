@@ -399,16 +399,19 @@ class SegmentsLog:
     def __init__(self, out: Path, *, resume: bool):
         self.out, self.log = Path(out), Path(out).with_suffix(".partial.jsonl")
         self.done: dict = {}
-        if resume:
-            if self.out.is_file():
-                self.done.update(read_json(self.out))
-            if self.log.is_file():
-                for line in self.log.read_text().splitlines(keepends=True):
-                    if line.endswith("\n"):                   # the line a kill cut short has none
-                        file, result = json.loads(line)
-                        self.done[file] = result
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        self.log.write_text("".join(json.dumps([f, r]) + "\n" for f, r in self.done.items()))
+        if not resume or not self.log.is_file():
+            self.log.write_text("")
+        else:
+            text = self.log.read_text()
+            if not text.endswith("\n") and text:             # the line a kill cut short: dropped in place
+                with open(self.log, "r+", encoding="utf-8") as f:
+                    f.truncate(len(text[: text.rfind("\n") + 1].encode("utf-8")))
+            for line in text[: text.rfind("\n") + 1].splitlines():
+                file, result = json.loads(line)
+                self.done[file] = result
+        if resume and self.out.is_file():
+            self.done = {**read_json(self.out), **self.done}
 
     def append(self, file: str, result: dict) -> None:
         with open(self.log, "a", encoding="utf-8") as f:
