@@ -51,7 +51,6 @@ import time
 from pathlib import Path
 
 import cv2
-import imageio_ffmpeg
 import librosa
 import numpy as np
 
@@ -59,6 +58,7 @@ from avlib.core.runtime import cpu_description, pick_device, resolve_amp, tune_a
 from avlib.dataio.decode import decode_clip
 from avlib.dataio.features import compute_mfcc
 from avlib.dataio.indexers import index_dataset
+from avlib.dataio.inputs import InputLimits, check_input
 from avlib.dataio.preprocess import preprocess, settings, write_dummy_cache
 from avlib.dataio.synthetic import CorpusSpec, generate_corpus
 from avlib.dataio.video_cache import decode_whole
@@ -67,6 +67,8 @@ from avlib.dataio.video_cache import decode_whole
 def seed_preprocess(paths: list[Path], out_dir: Path, frames: int = 128, size: int = 112, n_mfcc: int = 40,
                     steps: int = 200) -> int:
     """The seed notebook's pipeline, as its text describes it; returns bytes written."""
+    import imageio_ffmpeg  # deferred: a GPU machine may lack it, and benches given --input need no encoder
+
     ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
     out_dir.mkdir(parents=True, exist_ok=True)
     for i, path in enumerate(paths):
@@ -431,6 +433,8 @@ def bench_sync(frames: int, size: int, batch: int, steps: int, repeats: int = 2,
 def _talk_video(path: Path, seconds: float, size: int) -> Path:
     """An H.264/AAC file of `seconds` at size x size, 25 fps, 16 kHz (FFmpeg's test pattern and a
     tone, encoded by the ffmpeg binary imageio-ffmpeg ships: no frame is held in memory)."""
+    import imageio_ffmpeg  # deferred: a GPU machine may lack it, and benches given --input need no encoder
+
     ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
     subprocess.run([ffmpeg, "-y", "-loglevel", "error", "-f", "lavfi", "-i", f"testsrc2=size={size}x{size}:rate=25",
                     "-f", "lavfi", "-i", "sine=frequency=300:sample_rate=16000", "-t", str(seconds),
@@ -440,12 +444,14 @@ def _talk_video(path: Path, seconds: float, size: int) -> Path:
 
 
 def bench_predict(seconds: float, size: int, repeats: int, workers: int, batch: int, full: bool,
-                  videos: int = 1, log=print) -> dict:
+                  videos: int = 1, device: str = "cpu", source: str | None = None, amp: bool | str = "auto",
+                  log=print) -> dict:
     """Seconds of video scored per second by predict's path (decode once, windows batched across
     files, decoding in `workers` processes) and by the per-window loop it replaced (open, seek and
     decode each window, score it alone), on the same files (`videos` copies of one file of
-    `seconds`: a folder of short clips), in interleaved rounds; the share of the time spent
-    decoding; peak RSS. Untrained weights: speed does not depend on them."""
+    `seconds`, or of `source` when given: a folder of short clips), in interleaved rounds, on
+    `device`; the share of the time spent decoding; peak RSS (and peak GPU memory on CUDA).
+    Untrained weights: speed does not depend on them."""
     import torch  # deferred: loads torch
 
     from avlib.models.detector import build_model, inference_model, video_to_model_input  # deferred: loads torch
@@ -453,8 +459,12 @@ def bench_predict(seconds: float, size: int, repeats: int, workers: int, batch: 
 
     tmp = Path(tempfile.mkdtemp(prefix="avlib-bench-"))
     try:
-        path = _talk_video(tmp / "talk.mp4", seconds, size)
-        paths = [path] + [shutil.copy(path, tmp / f"talk{i}.mp4") for i in range(1, videos)]
+        if source is None:
+            path = _talk_video(tmp / "talk.mp4", seconds, size)
+        else:              # a given file (one made elsewhere, or the user's own): its own length
+            path = shutil.copy(source, tmp / f"talk{Path(source).suffix}")
+            seconds = check_input(Path(path), InputLimits())
+        paths = [path] + [shutil.copy(path, tmp / f"talk{i}{Path(path).suffix}") for i in range(1, videos)]
         if full:       # the seed's model and window: R(2+1)D-18 on 128 frames of 112x112 at 25 fps, 40 x 200 MFCC
             cfg = dict(frames=128, size=112, fps=25.0, n_mfcc=40, mfcc_steps=200, sample_rate=16000)
             model = build_model()
@@ -462,8 +472,9 @@ def bench_predict(seconds: float, size: int, repeats: int, workers: int, batch: 
             cfg = dict(frames=32, size=32, fps=16.0, n_mfcc=40, mfcc_steps=50, sample_rate=16000)
             model = build_model(fusion="sync", fps=16.0, frames=32, video_encoder="framediff", video_head=True)
         tune_allocator()
-        device = torch.device("cpu")
-        amp = resolve_amp("auto", device)
+        device = torch.device(device)
+        amp = resolve_amp(amp, device)
+        model = model.to(device)
         model = inference_model(model.eval(), amp=amp)
         sync = model.fusion == "sync"
         plan = WindowPlan(cfg)
@@ -475,11 +486,12 @@ def bench_predict(seconds: float, size: int, repeats: int, workers: int, batch: 
                                    threads=1)
                 video = torch.from_numpy(np.ascontiguousarray(clip.video.transpose(3, 0, 1, 2)))[None]
                 inputs = [video_to_model_input(video, device),
-                          torch.from_numpy(compute_mfcc(clip.audio, 16000, cfg["n_mfcc"], cfg["mfcc_steps"]))[None]]
+                          torch.from_numpy(compute_mfcc(clip.audio, 16000, cfg["n_mfcc"], cfg["mfcc_steps"]))[None]
+                          .to(device)]
                 if sync:
-                    inputs.append(torch.from_numpy(clip.audio)[None])
-                with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-                    model(*inputs)
+                    inputs.append(torch.from_numpy(clip.audio)[None].to(device))
+                with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    model(*inputs)[0].float().cpu()      # the score reaches the host, as predict's does
 
         def streamed(n_workers):
             score_videos(model, paths, plan, device, batch_size=batch, workers=n_workers, amp=amp,
@@ -501,7 +513,9 @@ def bench_predict(seconds: float, size: int, repeats: int, workers: int, batch: 
                 + " s of video/s")
         mean = {k: float(np.mean(v)) for k, v in times.items()}
         rss = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-        return {"seconds": total, "videos": videos, "windows": len(starts) * videos, "amp": amp,
+        gpu = ({"peak_gpu_memory_gb": torch.cuda.max_memory_allocated(device) / 1e9,
+                "device_name": torch.cuda.get_device_name(device)} if device.type == "cuda" else {})
+        return {"seconds": total, "videos": videos, "windows": len(starts) * videos, "amp": amp, **gpu,
                 **{f"{k} video_s_per_s": total / v for k, v in mean.items()},
                 "speedup": mean["per-window loop"] / mean[f"predict, {workers} workers"],
                 "decode_share": mean["decoding alone"] / mean["predict, no workers"],
@@ -510,7 +524,7 @@ def bench_predict(seconds: float, size: int, repeats: int, workers: int, batch: 
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def localise_one(path: str, mode: str, size: int) -> dict:
+def localise_one(path: str, mode: str, size: int, device: str = "cpu") -> dict:
     """One localisation pass over `path` in this process (the demo localiser's shape, untrained):
     `stream` (predict's path: decoded once, in windows), `whole` (the whole video decoded into
     memory first, as the training cache does) or `none` (the model alone, for the baseline RSS)."""
@@ -520,31 +534,32 @@ def localise_one(path: str, mode: str, size: int) -> dict:
     from avlib.scoring.segments import frame_probabilities, stream_frame_probabilities  # deferred: loads torch
 
     torch.manual_seed(0)
-    model = FrameLocaliser(fps=25.0, frames=50).eval()
-    amp = resolve_amp("auto", torch.device("cpu"))
+    model = FrameLocaliser(fps=25.0, frames=50).eval().to(device)
+    amp = resolve_amp("auto", torch.device(device))
     start = time.perf_counter()
     if mode == "stream":
-        p, _ = stream_frame_probabilities(model, path, size=size, amp=amp)
+        p, _ = stream_frame_probabilities(model, path, size=size, amp=amp, device=device)
     elif mode == "whole":
         video, audio = decode_whole(Path(path), fps=25.0, size=size, sample_rate=16000, threads=0)
-        p = frame_probabilities(model, video, audio, amp=amp)
+        p = frame_probabilities(model, video, audio, amp=amp, device=device)
     else:
         p = np.zeros((0, 2))
     return {"seconds": time.perf_counter() - start, "frames": len(p),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def bench_localise(seconds: float, size: int, model_size: int, log=print) -> dict:
-    """Per-frame localisation of one H.264/AAC file of `seconds` at size x size: predict's streamed
-    path against decoding the whole video first, each in a fresh process (so each peak RSS is its
-    own), beside a process holding the model alone."""
+def bench_localise(seconds: float, size: int, model_size: int, device: str = "cpu", source: str | None = None,
+                   log=print) -> dict:
+    """Per-frame localisation of one H.264/AAC file of `seconds` at size x size (or of `source`),
+    on `device`: predict's streamed path against decoding the whole video first, each in a fresh
+    process (so each peak RSS is its own), beside a process holding the model alone."""
     tmp = Path(tempfile.mkdtemp(prefix="avlib-bench-"))
     try:
-        path = _talk_video(tmp / "talk.mp4", seconds, size)
+        path = _talk_video(tmp / "talk.mp4", seconds, size) if source is None else Path(source)
         out = {}
         for mode in ("none", "stream", "whole"):
             done = subprocess.run([sys.executable, "-m", "avlib.bench", "localise-one", "--mode", mode, "--path",
-                                   str(path), "--size", str(model_size)], capture_output=True, text=True)
+                                   str(path), "--size", str(model_size), "--device", device], capture_output=True, text=True)
             if done.returncode:
                 raise RuntimeError(f"bench localise, mode {mode}: the child process failed:\n{done.stderr[-2000:]}")
             out[mode] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -570,15 +585,16 @@ def main(argv=None) -> int:
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (train and inference)")
     parser.add_argument("--checkpoint", help="a trained best.pt, for the bf16/fp32 agreement")
     parser.add_argument("--cache", help="the cache that checkpoint was trained on")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (train, fit)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (train, fit, predict, localise)")
     parser.add_argument("--epochs", type=int, default=2, help="fit: epochs (the last one is timed)")
     parser.add_argument("--fps", type=float, default=25.0, help="sync: the clips' frame rate")
     parser.add_argument("--seconds", type=float, default=300.0, help="predict: length of the video")
     parser.add_argument("--videos", type=int, default=1, help="predict: that many files of --seconds (a folder of clips)")
     parser.add_argument("--video-size", type=int, default=224, help="predict: the video's frame side (720 for 720p-ish)")
+    parser.add_argument("--input", help="predict, localise: score (copies of) this file instead of a generated one")
     parser.add_argument("--full", action="store_true", help="predict: the seed's full-size model, not the sync demo's")
     parser.add_argument("--amp", default="auto", choices=["auto", "true", "false"],
-                        help="train: bf16 autocast in our loop; auto: where the hardware computes in bf16 natively")
+                        help="train, predict: bf16 autocast; auto: where the hardware computes in bf16 natively")
     args = parser.parse_args(argv)
     if args.size is None:
         args.size = 48 if args.what in ("localise", "localise-one") else 64
@@ -589,29 +605,37 @@ def main(argv=None) -> int:
         print(json.dumps({k: r[k] for k in ("seed_train_clips_per_s", "seed_infer_clips_per_s")}))
         return 0
     if args.what == "localise-one":               # used by bench_localise: one JSON line on stdout
-        print(json.dumps(localise_one(args.path, args.mode, args.size)))
+        print(json.dumps(localise_one(args.path, args.mode, args.size, args.device)))
         return 0
     if args.what == "localise":
+        if args.input:
+            args.seconds = check_input(Path(args.input), InputLimits())
+        what = args.input or f"one H.264/AAC video of {args.seconds:g} s, {args.video_size}x{args.video_size}"
         print(f"localise (per-frame P(fake), the demo localiser at {args.size}x{args.size}, 50 frames at 25 fps) "
-              f"of one H.264/AAC video of {args.seconds:g} s, {args.video_size}x{args.video_size}; CPU: "
-              f"{cpu_description()}")
-        r = bench_localise(args.seconds, args.video_size, args.size, log=lambda line: print(line, flush=True))
+              f"of {what}, on {args.device}; CPU: {cpu_description()}")
+        r = bench_localise(args.seconds, args.video_size, args.size, args.device, args.input,
+                           log=lambda line: print(line, flush=True))
         for mode, what in (("stream", "streamed (predict)"), ("whole", "whole video decoded first")):
             print(f"  {what:>26}: {args.seconds / r[mode]['seconds']:6.1f} s of video per second, peak RSS "
                   f"{r[mode]['peak_rss_mb']:,.0f} MB ({r[mode]['frames']} frames)")
         print(f"  {'the model alone':>26}: peak RSS {r['none']['peak_rss_mb']:,.0f} MB")
         return 0
     if args.what == "predict":
-        print(f"predict on {args.videos} H.264/AAC video(s) of {args.seconds:g} s, {args.video_size}x{args.video_size}, "
+        what = (f"copies of {args.input}" if args.input else
+                f"H.264/AAC video(s) of {args.seconds:g} s, {args.video_size}x{args.video_size}")
+        print(f"predict on {args.videos} {what}, "
               f"{'the seed model (128x112x112)' if args.full else 'the sync demo model (32x32x32, 16 fps)'}, "
-              f"batch {args.batch}, {args.repeats} interleaved rounds; CPU: {cpu_description()}")
+              f"batch {args.batch}, {args.repeats} interleaved rounds, on {args.device}; CPU: {cpu_description()}")
         r = bench_predict(args.seconds, args.video_size, args.repeats, args.workers, args.batch, args.full,
-                          videos=args.videos)
+                          videos=args.videos, device=args.device, source=args.input,
+                          amp="auto" if args.amp == "auto" else args.amp == "true")
         for key in [k for k in r if k.endswith("video_s_per_s")]:
             print(f"  {key[:-len(' video_s_per_s')]:>24}: {r[key]:7.1f} s of video per second (mean of {args.repeats})")
         print(f"  predict / per-window loop: {r['speedup']:.1f}x; decoding is {100 * r['decode_share']:.0f} % of "
               f"predict's time without workers; {r['windows']} windows ({'bf16' if r['amp'] else 'fp32'})")
         print(f"  peak RSS: {r['peak_rss_mb']:,.0f} MB this process, {r['peak_rss_worker_mb']:,.0f} MB the largest worker")
+        if "peak_gpu_memory_gb" in r:
+            print(f"  {r['device_name']}: peak GPU memory {r['peak_gpu_memory_gb']:.2f} GB")
         return 0
     if args.what == "sync":
         r = bench_sync(args.frames, args.size, args.batch, args.steps, args.repeats, args.device, args.fps)

@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 
 from avlib.core.progress import ProgressLines
-from avlib.core.runtime import resolve_amp, tune_allocator
+from avlib.core.runtime import resolve_amp, tune_allocator, usable_cores
 from avlib.dataio.decode import DecodeError
 from avlib.dataio.inputs import InputLimits, InputRefused, expand_paths, parse_shard, take_shard
 from avlib.figures.plots import plot_timeline
@@ -231,7 +231,7 @@ def main(argv=None) -> int:
 
 # On 2 cores, decoding workers slowed predict down (46 against 54 s of video per second at 224x224, 12 against
 # 15 at 720x720: python -m avlib.bench predict): the model and the decoders shared the two cores
-DEFAULT_WORKERS = max(0, min(4, (os.cpu_count() or 1) - 2))
+DEFAULT_WORKERS = max(0, min(4, usable_cores() - 2))
 RESULT_COLUMNS = ["path", "p_fake", "p_fake_max", "label", "windows", "duration", "covered_seconds", "sync_score",
                   "offset_ms_median", "error"]
 

@@ -66,6 +66,15 @@ def cpu_bf16_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> list[str]:
     return [f for f in NATIVE_BF16_FLAGS if f in flags]
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask, which a scheduler such as SLURM sets),
+    else the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):      # no affinity on this platform
+        return os.cpu_count() or 1
+
+
 def cpu_description(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
     """'<cores>-core <model>, <vector units>': what CPU timings and the bf16 choice depend on, e.g.
     '2-core AMD EPYC, AVX2, no AVX-512' or '8-core Intel Xeon, AVX-512 with bf16'."""

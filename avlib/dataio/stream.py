@@ -85,8 +85,10 @@ def stream_windows(path: str | Path, starts: list[float], *, frames: int = 128, 
         vstream = container.streams.video[0]
         if threads == 1:
             vstream.codec_context.thread_count = 1
-        else:
+        else:                     # 0: FFmpeg picks (one per core); n > 1: n threads
             vstream.thread_type = "AUTO"
+            if threads > 1:
+                vstream.codec_context.thread_count = threads
         astream = container.streams.audio[0] if container.streams.audio else None
         yield from _stream(container, vstream, astream, sorted(float(s) for s in starts), frames, size, fps,
                            sample_rate, face_crop)
