@@ -62,26 +62,30 @@ def test_scores_do_not_depend_on_how_windows_are_batched(tmp_path):
     assert (one["offset_frames"] == many["offset_frames"]).all()
 
 
-def test_a_decoding_worker_gets_its_share_of_the_cores_and_the_same_windows(tmp_path, monkeypatch):
+@pytest.mark.parametrize("model_cores,workers,expected", [(0, 2, 4), (0, 1, 8), (6, 2, 1), (0, 16, 1)],
+                         ids=["gpu-2-workers", "gpu-1-worker", "cpu-model-keeps-6", "more-workers-than-cores"])
+def test_a_decoding_worker_gets_its_share_of_the_cores_and_the_same_windows(tmp_path, monkeypatch, model_cores,
+                                                                            workers, expected):
     # one worker for a single long file had one decoding thread, and ran at 0.44 of the in-process speed
     from types import SimpleNamespace
 
+    from avlib.dataio import stream
     from avlib.scoring import videos
 
     path = write_video(tmp_path / "talk.mp4", face_frames(100, 64, 64), 25, tone(4.0), 16000)
     plan = videos.WindowPlan({"frames": 16, "size": 16, "fps": 10.0, "n_mfcc": 40, "mfcc_steps": 8})
-    threads, real = [], videos.stream_windows
+    threads, real = [], stream._stream
 
-    def spy(*args, **kwargs):
-        threads.append(kwargs["threads"])
-        return real(*args, **kwargs)
+    def spy(container, vstream, *args):                  # what the opened decoder was given
+        threads.append(vstream.codec_context.thread_count)
+        return real(container, vstream, *args)
 
-    monkeypatch.setattr(videos, "stream_windows", spy)
-    here = list(videos.VideoWindows([path], plan))                  # the calling process: FFmpeg decides (0)
+    monkeypatch.setattr(stream, "_stream", spy)
+    here = list(videos.VideoWindows([path], plan))                  # the calling process: FFmpeg decides
     monkeypatch.setattr(videos, "usable_cores", lambda: 8)
-    monkeypatch.setattr(videos, "get_worker_info", lambda: SimpleNamespace(id=0, num_workers=2))
-    worker = list(videos.VideoWindows([path], plan))                # worker 0 of 2 on 8 cores: 4 threads
-    assert threads == [0, 4]
+    monkeypatch.setattr(videos, "get_worker_info", lambda: SimpleNamespace(id=0, num_workers=workers))
+    worker = list(videos.VideoWindows([path], plan, model_cores=model_cores))    # worker 0 of `workers` on 8 cores
+    assert threads[1] == expected
     assert len(here) == len(worker) == 3
     assert all(np.array_equal(a["video"], b["video"]) and np.array_equal(a["audio"], b["audio"])
                for a, b in zip(here, worker))

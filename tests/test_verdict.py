@@ -48,6 +48,20 @@ def test_calibration_lowers_the_error_of_an_overconfident_model(method):
         assert roc_auc_score(test_labels, fitted) == pytest.approx(roc_auc_score(test_labels, test_probs))
 
 
+def test_platt_on_a_split_the_model_separates_is_no_step_function():
+    # the demo's concat model: validation scores separated by a margin, an unbounded fit gave slopes of 28-59
+    rng = np.random.default_rng(5)
+    labels = np.r_[np.zeros(18, int), np.ones(27, int)]
+    z = np.where(labels == 1, rng.uniform(0.5, 3.0, 45), rng.uniform(-3.0, -0.3, 45))
+    cal = fit_calibrator(labels, 1 / (1 + np.exp(-z)), "platt")
+    assert cal["method"] == "platt" and cal["a"] == pytest.approx(5.0)
+    fitted = calibrate(cal, 1 / (1 + np.exp(-np.linspace(-3, 3, 61))))
+    assert np.all(np.diff(fitted) > 0) and 0.0 < fitted[30] < 1.0 and ((fitted > 0.01) & (fitted < 0.99)).sum() >= 10
+    # within the bound the fit is the plain logistic regression's
+    labels, probs = overconfident()
+    assert 0 < fit_calibrator(labels, probs, "platt")["a"] < 5.0
+
+
 def test_temperature_keeps_the_side_of_one_half_and_refuses_unknown_methods():
     labels, probs = overconfident()
     cal = fit_calibrator(labels, probs)

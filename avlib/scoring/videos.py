@@ -61,19 +61,21 @@ class VideoWindows(IterableDataset):
     """Every window of each file, as dicts: video (T, H, W, 3) uint8, mfcc (S, n_mfcc), audio
     (N,) float32, and the file's index, the window's start, its valid frames, whether it has
     audio, the file's duration, and `last` on a file's final window. A file that cannot be
-    scored gives one dict with its `error` instead. Each DataLoader worker takes every n-th file."""
+    scored gives one dict with its `error` instead. Each DataLoader worker takes every n-th file,
+    and decodes with its share of the cores that `model_cores` (what the model computes on) leaves."""
 
-    def __init__(self, paths: list[Path], plan: WindowPlan):
-        self.paths, self.plan = list(paths), plan
+    def __init__(self, paths: list[Path], plan: WindowPlan, *, model_cores: int = 0):
+        self.paths, self.plan, self.model_cores = list(paths), plan, model_cores
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         mine = range(len(self.paths)) if info is None else range(info.id, len(self.paths), info.num_workers)
         # in the calling process, FFmpeg's threads (the model waits for the decoder there anyway); in a
-        # worker, its share of the cores: one each when workers fill the machine, all of them for the one
-        # worker of a single long file (one decoding thread there ran at 0.44 of the in-process speed on a
-        # 16-core machine: python -m avlib.bench predict --device cuda --workers 8, 300 s at 224x224)
-        threads = 0 if info is None else max(1, usable_cores() // info.num_workers)
+        # worker, its share of the cores the model leaves: on a GPU all of them, so the one worker of a
+        # single long file decodes with every core (with one thread it ran at 0.44 of the in-process
+        # speed on a 16-core machine: python -m avlib.bench predict --device cuda --workers 8, 300 s at
+        # 224x224); on a CPU the model takes every core, and each worker decodes with one thread
+        threads = 0 if info is None else max(1, (usable_cores() - self.model_cores) // info.num_workers)
         for index in mine:
             yield from self._windows(index, threads)
 
@@ -136,7 +138,8 @@ def score_videos(model, paths: list[Path], plan: WindowPlan, device, *, batch_si
     decoding in `workers` processes (0: here). Calls on_video(path, windows, error) once per
     file as soon as its last window is scored (windows: score_windows' rows as a DataFrame, or
     None with the reason it could not be scored), in the order files complete."""
-    loader = stream_loader(VideoWindows(paths, plan), workers=min(workers, len(paths)))
+    model_cores = 0 if torch.device(device).type == "cuda" else torch.get_num_threads()
+    loader = stream_loader(VideoWindows(paths, plan, model_cores=model_cores), workers=min(workers, len(paths)))
     rows: dict[int, list[dict]] = {}
     batch: list[dict] = []
 
