@@ -482,18 +482,21 @@ def bench_predict(seconds: float, size: int, repeats: int, workers: int, batch: 
         plan = WindowPlan(cfg)
         starts = window_starts(seconds, plan.seconds, plan.seconds)
 
+        def one_window(path, start):     # open, seek, decode and score one window alone
+            clip = decode_clip(path, frames=cfg["frames"], size=cfg["size"], fps=cfg["fps"], offset=start, threads=1)
+            video = torch.from_numpy(np.ascontiguousarray(clip.video.transpose(3, 0, 1, 2)))[None]
+            inputs = [video_to_model_input(video, device),
+                      torch.from_numpy(compute_mfcc(clip.audio, 16000, cfg["n_mfcc"], cfg["mfcc_steps"]))[None]
+                      .to(device)]
+            if sync:
+                inputs.append(torch.from_numpy(clip.audio)[None].to(device))
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                model(*inputs)[0].float().cpu()          # the score reaches the host, as predict's does
+
         def per_window():
-            for start, path in [(s, p) for p in paths for s in starts]:
-                clip = decode_clip(path, frames=cfg["frames"], size=cfg["size"], fps=cfg["fps"], offset=start,
-                                   threads=1)
-                video = torch.from_numpy(np.ascontiguousarray(clip.video.transpose(3, 0, 1, 2)))[None]
-                inputs = [video_to_model_input(video, device),
-                          torch.from_numpy(compute_mfcc(clip.audio, 16000, cfg["n_mfcc"], cfg["mfcc_steps"]))[None]
-                          .to(device)]
-                if sync:
-                    inputs.append(torch.from_numpy(clip.audio)[None].to(device))
-                with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    model(*inputs)[0].float().cpu()      # the score reaches the host, as predict's does
+            for path in paths:
+                for start in starts:
+                    one_window(path, start)
 
         def streamed(n_workers):
             score_videos(model, paths, plan, device, batch_size=batch, workers=n_workers, amp=amp,
@@ -506,12 +509,7 @@ def bench_predict(seconds: float, size: int, repeats: int, workers: int, batch: 
         # untimed: CUDA's start, the first calls of each kernel and the loader, outside every figure
         first = WindowPlan(cfg, max_windows=batch)
         score_videos(model, paths[:1], first, device, batch_size=batch, amp=amp, on_video=lambda *a: None)
-        clip = decode_clip(paths[0], frames=cfg["frames"], size=cfg["size"], fps=cfg["fps"], threads=1)
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            video = torch.from_numpy(np.ascontiguousarray(clip.video.transpose(3, 0, 1, 2)))[None]
-            model(video_to_model_input(video, device),
-                  torch.from_numpy(compute_mfcc(clip.audio, 16000, cfg["n_mfcc"], cfg["mfcc_steps"]))[None].to(device),
-                  *([torch.from_numpy(clip.audio)[None].to(device)] if sync else []))[0].float().cpu()
+        one_window(paths[0], 0.0)
         total = seconds * videos
         times = {"per-window loop": [], f"predict, {workers} workers": [], "predict, no workers": [],
                  "decoding alone": []}

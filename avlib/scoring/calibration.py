@@ -39,6 +39,12 @@ def sigmoid(z) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.asarray(z, float)))
 
 
+def _nll(labels: np.ndarray, logits: np.ndarray) -> float:
+    """Mean negative log-likelihood of `labels` under P(fake) = sigmoid(`logits`)."""
+    q = np.clip(sigmoid(logits), EPS, 1 - EPS)
+    return float(-np.mean(labels * np.log(q) + (1 - labels) * np.log1p(-q)))
+
+
 def fit_calibrator(labels, probs, method: str = "temperature") -> dict:
     """A calibrator (plain data: {'method', ...its parameters}) fitted on `labels` and `probs`.
     With one class only, or method 'none', the identity. Raises ValueError for another method."""
@@ -48,12 +54,9 @@ def fit_calibrator(labels, probs, method: str = "temperature") -> dict:
     if method == "none" or len(np.unique(labels)) < 2:
         return {"method": "none"}
     if method == "temperature":
-        def nll(log_t):
-            q = np.clip(sigmoid(z / math.exp(log_t)), EPS, 1 - EPS)
-            return -np.mean(labels * np.log(q) + (1 - labels) * np.log1p(-q))
         # T in [0.2, 20]: a validation split the model separates perfectly drives T to 0 (every
         # score to 0 or 1); no 45-clip split justifies sharpening the model more than five-fold
-        best = minimize_scalar(nll, bounds=(math.log(0.2), math.log(20.0)), method="bounded")
+        best = minimize_scalar(lambda log_t: _nll(labels, z / math.exp(log_t)), bounds=(math.log(0.2), math.log(20.0)), method="bounded")
         return {"method": "temperature", "temperature": float(math.exp(best.x))}
     if method == "platt":
         model = LogisticRegression(C=1e4).fit(z[:, None], labels)
@@ -62,11 +65,7 @@ def fit_calibrator(labels, probs, method: str = "temperature") -> dict:
         a, b = float(model.coef_[0, 0]), float(model.intercept_[0])
         if a > PLATT_MAX_SLOPE:          # temperature's bound, 1/T >= 1/0.2: a steeper slope is a step function
             a = PLATT_MAX_SLOPE
-
-            def nll_b(b):
-                q = np.clip(sigmoid(a * z + b), EPS, 1 - EPS)
-                return -np.mean(labels * np.log(q) + (1 - labels) * np.log1p(-q))
-            b = float(minimize_scalar(nll_b, bounds=(-50.0, 50.0), method="bounded").x)
+            b = float(minimize_scalar(lambda b: _nll(labels, a * z + b), bounds=(-50.0, 50.0), method="bounded").x)
         return {"method": "platt", "a": a, "b": b}
     iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(z, labels)
     return {"method": "isotonic", "x": [float(v) for v in iso.X_thresholds_],
