@@ -48,16 +48,26 @@ def test_calibration_lowers_the_error_of_an_overconfident_model(method):
         assert roc_auc_score(test_labels, fitted) == pytest.approx(roc_auc_score(test_labels, test_probs))
 
 
+def test_platt_fits_platts_targets_not_zero_and_one():
+    # 18 reals all at logit -1 and 27 fakes at +1: a 0/1 fit has no finite slope; Platt's targets
+    # 1/20 and 28/29 are met exactly by a + b = ln 28 and -a + b = ln(1/19), solved by hand
+    labels = np.r_[np.zeros(18, int), np.ones(27, int)]
+    cal = fit_calibrator(labels, 1 / (1 + np.exp(-np.where(labels == 1, 1.0, -1.0))), "platt")
+    assert cal["a"] == pytest.approx((np.log(28) + np.log(19)) / 2, rel=1e-4)
+    assert cal["b"] == pytest.approx((np.log(28) - np.log(19)) / 2, rel=1e-3)
+    assert calibrate(cal, [0.5])[0] == pytest.approx(1 / (1 + np.exp(-cal["b"])))
+
+
 def test_platt_on_a_split_the_model_separates_is_no_step_function():
-    # the demo's concat model: validation scores separated by a margin, an unbounded fit gave slopes of 28-59
+    # classes apart but within 0.3 of each other on the logit: even Platt's targets ask a slope of ~20
     rng = np.random.default_rng(5)
     labels = np.r_[np.zeros(18, int), np.ones(27, int)]
-    z = np.where(labels == 1, rng.uniform(0.5, 3.0, 45), rng.uniform(-3.0, -0.3, 45))
+    z = np.where(labels == 1, rng.uniform(0.02, 0.3, 45), rng.uniform(-0.3, -0.02, 45))
     cal = fit_calibrator(labels, 1 / (1 + np.exp(-z)), "platt")
     assert cal["method"] == "platt" and cal["a"] == pytest.approx(5.0)
     fitted = calibrate(cal, 1 / (1 + np.exp(-np.linspace(-3, 3, 61))))
     assert np.all(np.diff(fitted) > 0) and 0.0 < fitted[30] < 1.0 and ((fitted > 0.01) & (fitted < 0.99)).sum() >= 10
-    # within the bound the fit is the plain logistic regression's
+    # within the bound the fit is the unconstrained one
     labels, probs = overconfident()
     assert 0 < fit_calibrator(labels, probs, "platt")["a"] < 5.0
 

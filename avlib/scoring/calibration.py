@@ -5,7 +5,8 @@ false-positive rate, and the sync branch's real-only evidence kept in the verdic
 A calibrator is plain data (JSON), fitted on validation predictions and applied to any others:
 - temperature (default; Guo et al. 2017): p' = sigmoid(z / T) with z = logit(p). One parameter,
   so 45 validation clips can fit it; it never changes the ranking (AUC) or the side of 0.5.
-- platt: p' = sigmoid(a z + b), a > 0: also moves the 0.5 point; two parameters.
+- platt: p' = sigmoid(a z + b), a > 0: also moves the 0.5 point; two parameters, fitted as
+  Platt (1999) fitted them, to the targets (N+ + 1)/(N+ + 2) and 1/(N- + 2) rather than 1 and 0.
 - isotonic: a monotone step function (sklearn); can tie scores, so AUC may move slightly.
 """
 from __future__ import annotations
@@ -14,9 +15,9 @@ import math
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import minimize_scalar
+from scipy.optimize import minimize, minimize_scalar
+from scipy.special import expit
 from sklearn.isotonic import IsotonicRegression
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from avlib.scoring.metrics import choose_threshold
@@ -25,8 +26,9 @@ CALIBRATIONS = ("temperature", "platt", "isotonic", "none")
 THRESHOLD_RULES = ("balanced", "fpr")
 EPS = 1e-6
 # Platt's slope on the logit at most 5, as temperature scaling's T at least 0.2: on a validation split
-# the model separates almost perfectly the unbounded fit gave the demo's concat model slopes of 28-59,
-# which turned its probabilities into 0 or 1
+# the model separates almost perfectly, a fit to 0/1 targets gave the demo's concat model slopes of
+# 28-59, which turned its probabilities into 0 or 1. Platt's own targets keep it finite (1.0-1.5 there);
+# the bound stays for splits whose two classes lie closer than any slope of 5 can resolve
 PLATT_MAX_SLOPE = 5.0
 
 
@@ -36,13 +38,32 @@ def logit(probs) -> np.ndarray:
 
 
 def sigmoid(z) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(z, float)))
+    return expit(np.asarray(z, float))
 
 
-def _nll(labels: np.ndarray, logits: np.ndarray) -> float:
-    """Mean negative log-likelihood of `labels` under P(fake) = sigmoid(`logits`)."""
-    q = np.clip(sigmoid(logits), EPS, 1 - EPS)
-    return float(-np.mean(labels * np.log(q) + (1 - labels) * np.log1p(-q)))
+def _nll(targets: np.ndarray, logits: np.ndarray) -> float:
+    """Mean negative log-likelihood of `targets` (0/1 labels, or Platt's soft targets) under
+    P(fake) = sigmoid(`logits`), in the form that cannot overflow: log(1 + e^s) - t s."""
+    return float(np.mean(np.logaddexp(0.0, logits) - targets * logits))
+
+
+def platt_targets(labels: np.ndarray) -> np.ndarray:
+    """Platt's (1999) targets: (N+ + 1)/(N+ + 2) for each fake and 1/(N- + 2) for each real clip,
+    each class's rate under a uniform prior after seeing it N times. With 0/1 targets a split the
+    model separates has no finite fit; with these, 27 fakes and 18 reals ask at most 28/29 and at
+    least 1/20, which is what so few clips can tell (sklearn's sigmoid calibration does the same)."""
+    n_fake, n_real = int((labels == 1).sum()), int((labels == 0).sum())
+    return np.where(labels == 1, (n_fake + 1) / (n_fake + 2), 1 / (n_real + 2))
+
+
+def _fit_platt(targets: np.ndarray, z: np.ndarray) -> tuple[float, float]:
+    """(a, b) minimising _nll(targets, a z + b): a smooth, convex problem in two parameters."""
+    def loss(w):
+        s = w[0] * z + w[1]
+        gap = sigmoid(s) - targets
+        return float(np.mean(np.logaddexp(0.0, s) - targets * s)), np.array([np.mean(gap * z), np.mean(gap)])
+    a, b = minimize(loss, np.array([1.0, 0.0]), jac=True, method="BFGS").x
+    return float(a), float(b)
 
 
 def fit_calibrator(labels, probs, method: str = "temperature") -> dict:
@@ -59,13 +80,13 @@ def fit_calibrator(labels, probs, method: str = "temperature") -> dict:
         best = minimize_scalar(lambda log_t: _nll(labels, z / math.exp(log_t)), bounds=(math.log(0.2), math.log(20.0)), method="bounded")
         return {"method": "temperature", "temperature": float(math.exp(best.x))}
     if method == "platt":
-        model = LogisticRegression(C=1e4).fit(z[:, None], labels)
-        if model.coef_[0, 0] <= 0:       # the split ranks against the model: a falling map would invert it
+        targets = platt_targets(labels)
+        a, b = _fit_platt(targets, z)
+        if a <= 0:                       # the split ranks against the model: a falling map would invert it
             return {**fit_calibrator(labels, probs, "temperature"), "note": "platt's slope was not positive"}
-        a, b = float(model.coef_[0, 0]), float(model.intercept_[0])
         if a > PLATT_MAX_SLOPE:          # temperature's bound, 1/T >= 1/0.2: a steeper slope is a step function
             a = PLATT_MAX_SLOPE
-            b = float(minimize_scalar(lambda b: _nll(labels, a * z + b), bounds=(-50.0, 50.0), method="bounded").x)
+            b = float(minimize_scalar(lambda b: _nll(targets, a * z + b), bounds=(-50.0, 50.0), method="bounded").x)
         return {"method": "platt", "a": a, "b": b}
     iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(z, labels)
     return {"method": "isotonic", "x": [float(v) for v in iso.X_thresholds_],
