@@ -145,7 +145,7 @@ def main(argv=None) -> int:
                              "--target-fpr, so that no fake of that domain is needed")
     parser.add_argument("--target-fpr", type=_fraction, default=0.05,
                         help="with --calibrate-on: the rate of your real videos that may be called fake (default "
-                             "%(default)g; a sync model gives half to its sync evidence)")
+                             "%(default)g; for a sync model one test over P(fake) and its sync evidence)")
     parser.add_argument("--batch-size", type=_positive(int), default=16,
                         help="windows scored at a time, across videos (default %(default)d)")
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,

@@ -138,6 +138,30 @@ def test_a_calibration_set_with_fakes_is_refused_and_a_real_one_sets_the_rate():
     assert report["held_out_real_called_fake"] == pytest.approx(0.1, abs=0.06)
 
 
+def test_a_sync_models_domain_thresholds_are_one_test_at_the_whole_budget():
+    # 20 real clips set the thresholds, 20 others show the rate: two tests at half the budget each
+    # are each set on the largest of the 20 (about 1/21 false positives each, ~0.09 together); one
+    # test on the joint anomaly keeps the held-out rate near 1/21, within the 5 % asked
+    rng = np.random.default_rng(3)
+    val = pd.DataFrame({"label": [0] * 18 + [1] * 27, "identity": [f"v{i % 9}" for i in range(45)],
+                        "p_fake": np.r_[rng.uniform(0.02, 0.5, 18), rng.uniform(0.4, 0.99, 27)],
+                        "sync_score": np.r_[rng.normal(1.0, 0.3, 18), rng.normal(1.6, 0.5, 27)]})
+    verdict = fit_verdict(val)
+    assert set(verdict["sync"]["scale"]) == {"classifier", "sync"}
+    rates = []
+    for draw in range(150):
+        real = apply_verdict(verdict, pd.DataFrame({
+            "label": 0, "clip_id": [f"c{i}" for i in range(40)], "identity": [f"p{i}" for i in range(40)],
+            "p_fake": rng.beta(4, 2, 40), "sync_score": rng.normal(1.4, 0.4, 40)}))     # a shifted domain
+        domain, report = domain_verdict(verdict, real, target_fpr=0.05, seed=draw)
+        rates.append(report["held_out_real_called_fake"])
+        # the two thresholds are one test: either evidence beyond t of the validation reals' sd
+        (mz, sz), (ms, ss) = domain["sync"]["scale"]["classifier"], domain["sync"]["scale"]["sync"]
+        t = (domain["sync"]["threshold"] - ms) / ss
+        assert np.log(domain["threshold"] / (1 - domain["threshold"])) == pytest.approx(mz + t * sz, abs=1e-6)
+    assert np.mean(rates) == pytest.approx(1 / 21, abs=0.015)
+
+
 def test_validation_and_test_splits_hold_every_style_in_proportion():
     rows = [dict(path=f"{s}/{i}/{k}.mp4", identity=f"{s}{i}", category=c, label=int(c != "RVRA"), style=s)
             for s in ("studio", "newsroom", "webcam") for i in range(20)

@@ -196,8 +196,35 @@ def fit_verdict(val: pd.DataFrame, *, calibration: str = "temperature", rule: st
     if has_sync:
         real = np.sort(val.loc[labels == 0, "sync_score"].to_numpy(float))
         verdict["sync"] = {"alpha": target_fpr / 2, "threshold": sync_threshold(real, target_fpr / 2),
-                           "real_scores": [float(s) for s in real]}
+                           "real_scores": [float(s) for s in real],
+                           "scale": real_scale(calibrated.loc[labels == 0, "p_fake"], val.loc[labels == 0, "sync_score"])}
     return verdict
+
+
+def real_scale(p_fake, sync_scores) -> dict:
+    """Where real clips lie on each of the two kinds of evidence: [mean, sd] of the calibrated
+    logit of P(fake) and of the sync anomaly (sd 1 when fewer than two clips or no spread)."""
+    def mean_sd(x):
+        x = np.asarray(x, float)
+        sd = float(x.std(ddof=1)) if x.size > 1 else 0.0
+        return [float(x.mean()), sd if sd > EPS else 1.0]
+    return {"classifier": mean_sd(logit(p_fake)), "sync": mean_sd(sync_scores)}
+
+
+def joint_thresholds(scale: dict, p_fake, sync_scores, alpha: float) -> tuple[float, float]:
+    """(threshold on calibrated P(fake), threshold on the sync anomaly) of ONE test at
+    false-positive rate `alpha`, set on real clips (`p_fake` calibrated, `sync_scores`): a clip
+    is FAKE when either evidence lies more than t of the real clips' sd (`scale`, real_scale)
+    beyond their mean, t the conformal bound (sync_threshold) of the real clips' joint anomaly
+    max((z - m_z) / s_z, (sync - m_s) / s_s). That test is exactly the two thresholds returned,
+    so apply_verdict needs nothing new. Against two tests at alpha / 2 each, the union of whose
+    false positives can reach alpha (each is set on the largest of 20 clips, so ~1/21 each), a
+    new real clip of the same kind exceeds this one with probability <= alpha, when `scale` was
+    fitted on other clips."""
+    (mz, sz), (ms, ss) = scale["classifier"], scale["sync"]
+    anomaly = np.maximum((logit(p_fake) - mz) / sz, (np.asarray(sync_scores, float) - ms) / ss)
+    t = sync_threshold(anomaly, alpha)
+    return float(np.nextafter(sigmoid(mz + t * sz), np.inf)), float(ms + t * ss)
 
 
 def apply_verdict(verdict: dict, pred: pd.DataFrame) -> pd.DataFrame:
@@ -251,9 +278,9 @@ def verdict_report(pred: pd.DataFrame, verdict: dict) -> dict:
 def domain_verdict(verdict: dict, real: pd.DataFrame, *, target_fpr: float, seed: int = 0) -> tuple[dict, dict]:
     """(verdict for the target domain, its report) from a real-only set of that domain (`real`:
     apply_verdict's columns). Half of its identities (of its clips, when it names none) set the
-    classifier threshold and the sync threshold at `target_fpr` / 2 each (the classifier alone at
-    `target_fpr` for a model without sync branch); the other half shows the rate of real clips
-    then called FAKE. The calibrator stays the validation split's. Raises ValueError when the
+    thresholds at `target_fpr`: for a sync model one test over both kinds of evidence
+    (joint_thresholds, on the validation reals' scale), else the classifier's alone; the other
+    half shows the rate of real clips then called FAKE. The calibrator stays the validation split's. Raises ValueError when the
     set holds a fake clip: fakes of the target domain are what a user does not have."""
     if (real["label"] != 0).any():
         raise ValueError(f"the calibration set holds {int((real['label'] != 0).sum())} fake clips: the threshold "
@@ -267,14 +294,17 @@ def domain_verdict(verdict: dict, real: pd.DataFrame, *, target_fpr: float, seed
     part, held = real[setting], real[~setting]
     sync = verdict.get("sync")
     has_sync = bool(sync) and "sync_score" in real
-    budget = target_fpr / 2 if has_sync else target_fpr
     domain = {**verdict, "threshold_rule": "fpr", "target_fpr": float(target_fpr), "source": "calibration set",
-              "threshold": fpr_threshold(part["p_fake"], budget), "threshold_ci95": [float("nan")] * 2,
-              "n_real": int(len(part)), "n_fake": 0}
+              "threshold_ci95": [float("nan")] * 2, "n_real": int(len(part)), "n_fake": 0}
     if has_sync:
-        scores = np.sort(part["sync_score"].to_numpy(float))
-        domain["sync"] = {"alpha": budget, "threshold": sync_threshold(scores, budget),
-                          "real_scores": [float(s) for s in scores]}
+        # one test over both kinds of evidence at the whole budget; verdicts fitted before the scale was
+        # kept take the setting half's own (then the bound is approximate: the scale saw those clips)
+        scale = sync.get("scale") or real_scale(part["p_fake"], part["sync_score"])
+        domain["threshold"], bound = joint_thresholds(scale, part["p_fake"], part["sync_score"], target_fpr)
+        domain["sync"] = {"alpha": float(target_fpr), "threshold": bound, "scale": scale, "joint": True,
+                          "real_scores": [float(s) for s in np.sort(part["sync_score"].to_numpy(float))]}
+    else:
+        domain["threshold"] = fpr_threshold(part["p_fake"], target_fpr)
     report = {"n_set": int(len(part)), "n_held_out": int(len(held)), "threshold": domain["threshold"],
               "sync_threshold": domain["sync"]["threshold"] if has_sync else None, "target_fpr": float(target_fpr)}
     if len(held):
