@@ -27,7 +27,7 @@ THRESHOLD_RULES = ("balanced", "fpr")
 EPS = 1e-6
 # Platt's slope on the logit at most 5, as temperature scaling's T at least 0.2: on a validation split
 # the model separates almost perfectly, a fit to 0/1 targets gave the demo's concat model slopes of
-# 28-59, which turned its probabilities into 0 or 1. Platt's own targets keep it finite (1.0-1.5 there);
+# 28-59, which turned its probabilities into 0 or 1. Platt's own targets keep it finite (0.9-1.0 there);
 # the bound stays for splits whose two classes lie closer than any slope of 5 can resolve
 PLATT_MAX_SLOPE = 5.0
 
@@ -60,8 +60,8 @@ def _fit_platt(targets: np.ndarray, z: np.ndarray) -> tuple[float, float]:
     """(a, b) minimising _nll(targets, a z + b): a smooth, convex problem in two parameters."""
     def loss(w):
         s = w[0] * z + w[1]
-        gap = sigmoid(s) - targets
-        return float(np.mean(np.logaddexp(0.0, s) - targets * s)), np.array([np.mean(gap * z), np.mean(gap)])
+        gap = sigmoid(s) - targets                       # d nll / d s
+        return _nll(targets, s), np.array([np.mean(gap * z), np.mean(gap)])
     a, b = minimize(loss, np.array([1.0, 0.0]), jac=True, method="BFGS").x
     return float(a), float(b)
 
@@ -280,8 +280,9 @@ def domain_verdict(verdict: dict, real: pd.DataFrame, *, target_fpr: float, seed
     apply_verdict's columns). Half of its identities (of its clips, when it names none) set the
     thresholds at `target_fpr`: for a sync model one test over both kinds of evidence
     (joint_thresholds, on the validation reals' scale), else the classifier's alone; the other
-    half shows the rate of real clips then called FAKE. The calibrator stays the validation split's. Raises ValueError when the
-    set holds a fake clip: fakes of the target domain are what a user does not have."""
+    half shows the rate of real clips then called FAKE. The calibrator stays the validation
+    split's. Raises ValueError when the set holds a fake clip: fakes of the target domain are
+    what a user does not have."""
     if (real["label"] != 0).any():
         raise ValueError(f"the calibration set holds {int((real['label'] != 0).sum())} fake clips: the threshold "
                          f"is set on real clips of the target domain only, so that no fake of it is needed; "
@@ -301,7 +302,7 @@ def domain_verdict(verdict: dict, real: pd.DataFrame, *, target_fpr: float, seed
         # kept take the setting half's own (then the bound is approximate: the scale saw those clips)
         scale = sync.get("scale") or real_scale(part["p_fake"], part["sync_score"])
         domain["threshold"], bound = joint_thresholds(scale, part["p_fake"], part["sync_score"], target_fpr)
-        domain["sync"] = {"alpha": float(target_fpr), "threshold": bound, "scale": scale, "joint": True,
+        domain["sync"] = {"alpha": float(target_fpr), "threshold": bound, "scale": scale,
                           "real_scores": [float(s) for s in np.sort(part["sync_score"].to_numpy(float))]}
     else:
         domain["threshold"] = fpr_threshold(part["p_fake"], target_fpr)
