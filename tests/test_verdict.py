@@ -102,11 +102,18 @@ def test_the_threshold_interval_resamples_validation_identities():
     assert low < high and low <= t <= high
 
 
+def sync_validation(rng, n_real: int, n_fake: int, identities: int, real_p: tuple, fake_p: tuple,
+                    real_sync: tuple, fake_sync: tuple) -> pd.DataFrame:
+    """Validation predictions of a sync model: P(fake) uniform in each class's (low, high),
+    sync scores normal with each class's (mean, sd)."""
+    n = n_real + n_fake
+    return pd.DataFrame({"label": [0] * n_real + [1] * n_fake, "identity": [f"i{i % identities}" for i in range(n)],
+                         "p_fake": np.r_[rng.uniform(*real_p, n_real), rng.uniform(*fake_p, n_fake)],
+                         "sync_score": np.r_[rng.normal(*real_sync, n_real), rng.normal(*fake_sync, n_fake)]})
+
+
 def test_the_verdict_flags_a_sync_anomaly_beyond_every_real_validation_clip_whatever_the_classifier_says():
-    rng = np.random.default_rng(0)
-    val = pd.DataFrame({"label": [0] * 20 + [1] * 20, "identity": [f"i{i % 10}" for i in range(40)],
-                        "p_fake": np.r_[rng.uniform(0.01, 0.4, 20), rng.uniform(0.6, 0.99, 20)],
-                        "sync_score": np.r_[rng.normal(2, 0.3, 20), rng.normal(2.5, 0.5, 20)]})
+    val = sync_validation(np.random.default_rng(0), 20, 20, 10, (0.01, 0.4), (0.6, 0.99), (2, 0.3), (2.5, 0.5))
     verdict = fit_verdict(val)
     assert verdict["sync"]["threshold"] <= val.loc[val["label"] == 0, "sync_score"].max()
     beyond = val.loc[val["label"] == 0, "sync_score"].max() + 0.01
@@ -143,10 +150,7 @@ def test_a_sync_models_domain_thresholds_are_one_test_at_the_whole_budget():
     # are each set on the largest of the 20 (about 1/21 false positives each, ~0.09 together); one
     # test on the joint anomaly keeps the held-out rate near 1/21, within the 5 % asked
     rng = np.random.default_rng(3)
-    val = pd.DataFrame({"label": [0] * 18 + [1] * 27, "identity": [f"v{i % 9}" for i in range(45)],
-                        "p_fake": np.r_[rng.uniform(0.02, 0.5, 18), rng.uniform(0.4, 0.99, 27)],
-                        "sync_score": np.r_[rng.normal(1.0, 0.3, 18), rng.normal(1.6, 0.5, 27)]})
-    verdict = fit_verdict(val)
+    verdict = fit_verdict(sync_validation(rng, 18, 27, 9, (0.02, 0.5), (0.4, 0.99), (1.0, 0.3), (1.6, 0.5)))
     assert set(verdict["sync"]["scale"]) == {"classifier", "sync"}
     rates = []
     for draw in range(150):
