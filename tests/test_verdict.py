@@ -159,11 +159,27 @@ def test_a_sync_models_domain_thresholds_are_one_test_at_the_whole_budget():
             "p_fake": rng.beta(4, 2, 40), "sync_score": rng.normal(1.4, 0.4, 40)}))     # a shifted domain
         domain, report = domain_verdict(verdict, real, target_fpr=0.05, seed=draw)
         rates.append(report["held_out_real_called_fake"])
-        # the two thresholds are one test: either evidence beyond t of the validation reals' sd
+        # the two thresholds are one test: FAKE when either evidence lies beyond t of the validation reals' sd
         (mz, sz), (ms, ss) = domain["sync"]["scale"]["classifier"], domain["sync"]["scale"]["sync"]
         t = (domain["sync"]["threshold"] - ms) / ss
-        assert np.log(domain["threshold"] / (1 - domain["threshold"])) == pytest.approx(mz + t * sz, abs=1e-6)
+        probe = pd.DataFrame({"label": 0, "p_fake": rng.uniform(0.01, 0.99, 50), "sync_score": rng.normal(1.6, 0.6, 50)})
+        joint = np.maximum((np.log(probe["p_fake"] / (1 - probe["p_fake"])) - mz) / sz, (probe["sync_score"] - ms) / ss)
+        assert (apply_verdict({**domain, "calibration": {"method": "none"}}, probe)["pred"] == (joint > t)).all()
     assert np.mean(rates) == pytest.approx(1 / 21, abs=0.015)
+
+
+def test_the_fpr_rule_of_a_sync_model_is_one_test_at_the_whole_budget_on_validation_too():
+    # 18 real validation clips: two tests at half the budget are each set on the largest of them
+    # (a new real clip exceeds each about 1 time in 19, ~0.10 together); one joint test ~1/19
+    rng = np.random.default_rng(4)
+    rates = []
+    for _ in range(120):
+        val = sync_validation(rng, 18, 27, 9, (0.02, 0.6), (0.3, 0.99), (1.0, 0.3), (1.6, 0.5))
+        verdict = fit_verdict(val, calibration="none", rule="fpr", target_fpr=0.05, n_boot=0)
+        assert verdict["sync"]["alpha"] == 0.05 and verdict["threshold"] > val.loc[val["label"] == 0, "p_fake"].max()
+        new = sync_validation(rng, 40, 0, 40, (0.02, 0.6), (0, 1), (1.0, 0.3), (0, 1))
+        rates.append(apply_verdict(verdict, new)["pred"].mean())
+    assert np.mean(rates) == pytest.approx(1 / 19, abs=0.015)
 
 
 def test_validation_and_test_splits_hold_every_style_in_proportion():

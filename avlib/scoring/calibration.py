@@ -133,17 +133,18 @@ def choose(labels, probs, rule: str = "balanced", target_fpr: float = 0.05) -> f
 
 
 def threshold_interval(frame: pd.DataFrame, rule: str, target_fpr: float, *, column: str = "p_fake",
-                       n_boot: int = 200, seed: int = 0) -> list[float]:
-    """95 % percentile interval of the threshold `rule` picks, resampling the validation
-    identities (clips of one identity are not independent): how much the threshold itself
-    depends on which few identities the validation split happened to hold."""
+                       n_boot: int = 200, seed: int = 0, pick=None) -> list[float]:
+    """95 % percentile interval of the threshold `rule` picks (or `pick(sample)`, when given),
+    resampling the validation identities (clips of one identity are not independent): how much
+    the threshold itself depends on which few identities the validation split happened to hold."""
+    pick = pick or (lambda sample: choose(sample["label"], sample[column], rule, target_fpr))
     rng = np.random.default_rng(seed)
     groups = [g for _, g in frame.groupby("identity")] if "identity" in frame else [frame]
     picked = []
     for _ in range(n_boot):
         sample = pd.concat([groups[i] for i in rng.integers(0, len(groups), len(groups))])
         if rule == "fpr" and (sample["label"] == 0).any() or sample["label"].nunique() == 2:
-            picked.append(choose(sample["label"], sample[column], rule, target_fpr))
+            picked.append(pick(sample))
     if not picked:
         return [float("nan"), float("nan")]
     return [float(np.percentile(picked, 2.5)), float(np.percentile(picked, 97.5))]
@@ -180,24 +181,34 @@ def fit_verdict(val: pd.DataFrame, *, calibration: str = "temperature", rule: st
     The calibrator maps P(fake) to calibrated probabilities; the threshold on them follows
     `rule` ('balanced': Youden's J; 'fpr': at most the target rate of real clips called FAKE),
     with its 95 % interval over resampled validation identities. A sync model's verdict also
-    calls FAKE every clip whose sync anomaly lies beyond the real validation clips'
-    (`sync_threshold` at `target_fpr` / 2); under rule 'fpr' the classifier gets the other
-    half of the budget, so the two tests together call at most `target_fpr` of real clips FAKE."""
+    calls FAKE every clip whose sync anomaly lies beyond the real validation clips': under rule
+    'balanced' at `target_fpr` / 2 (`sync_threshold`); under rule 'fpr' both kinds of evidence
+    make one test at `target_fpr` (joint_thresholds; its scale is fitted on the same real clips,
+    so there the bound is approximate)."""
     labels = val["label"].to_numpy().astype(int)
     calibrator = fit_calibrator(labels, val["p_fake"], calibration)
     calibrated = val.assign(p_fake=calibrate(calibrator, val["p_fake"]))
     has_sync = "sync_score" in val and (labels == 0).any()
-    classifier_fpr = target_fpr / 2 if has_sync else target_fpr
     verdict = {"calibration": calibrator, "threshold_rule": rule, "target_fpr": float(target_fpr),
-               "threshold": choose(labels, calibrated["p_fake"], rule, classifier_fpr),
-               "threshold_ci95": threshold_interval(calibrated, rule, classifier_fpr, n_boot=n_boot),
+               "threshold": None, "threshold_ci95": None,            # below, once the sync branch is known
                "source": "val", "n_real": int((labels == 0).sum()), "n_fake": int((labels == 1).sum()),
                "sync": None}
+    pick = None
     if has_sync:
-        real = np.sort(val.loc[labels == 0, "sync_score"].to_numpy(float))
-        verdict["sync"] = {"alpha": target_fpr / 2, "threshold": sync_threshold(real, target_fpr / 2),
-                           "real_scores": [float(s) for s in real],
-                           "scale": real_scale(calibrated.loc[labels == 0, "p_fake"], val.loc[labels == 0, "sync_score"])}
+        real = calibrated[labels == 0]
+        scale = real_scale(real["p_fake"], real["sync_score"])
+        if rule == "fpr":
+            def pick(sample):
+                sample = sample[sample["label"] == 0]
+                return joint_thresholds(scale, sample["p_fake"], sample["sync_score"], target_fpr)[0]
+            alpha, bound = target_fpr, joint_thresholds(scale, real["p_fake"], real["sync_score"], target_fpr)[1]
+        else:
+            alpha = target_fpr / 2
+            bound = sync_threshold(real["sync_score"], alpha)
+        verdict["sync"] = {"alpha": alpha, "threshold": bound, "scale": scale,
+                           "real_scores": [float(s) for s in np.sort(real["sync_score"].to_numpy(float))]}
+    verdict["threshold"] = pick(calibrated) if pick else choose(labels, calibrated["p_fake"], rule, target_fpr)
+    verdict["threshold_ci95"] = threshold_interval(calibrated, rule, target_fpr, n_boot=n_boot, pick=pick)
     return verdict
 
 
@@ -222,9 +233,12 @@ def joint_thresholds(scale: dict, p_fake, sync_scores, alpha: float) -> tuple[fl
     new real clip of the same kind exceeds this one with probability <= alpha, when `scale` was
     fitted on other clips."""
     (mz, sz), (ms, ss) = scale["classifier"], scale["sync"]
-    anomaly = np.maximum((logit(p_fake) - mz) / sz, (np.asarray(sync_scores, float) - ms) / ss)
+    p_fake, sync_scores = np.asarray(p_fake, float), np.asarray(sync_scores, float)
+    anomaly = np.maximum((logit(p_fake) - mz) / sz, (sync_scores - ms) / ss)
     t = sync_threshold(anomaly, alpha)
-    return float(np.nextafter(sigmoid(mz + t * sz), np.inf)), float(ms + t * ss)
+    within = anomaly <= t                # these stay REAL: the max() guards against rounding in the way back
+    return (float(np.nextafter(max(sigmoid(mz + t * sz), p_fake[within].max()), np.inf)),
+            float(max(ms + t * ss, sync_scores[within].max())))
 
 
 def apply_verdict(verdict: dict, pred: pd.DataFrame) -> pd.DataFrame:

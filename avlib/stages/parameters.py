@@ -165,8 +165,7 @@ DECLARATIONS: dict[str, tuple[Param, ...]] = {
         choice("threshold_rule", "balanced", "the decision threshold on val: max balanced accuracy, or at most "
                "target_fpr of the real clips called fake", THRESHOLD_RULES),
         number("target_fpr", 0.05, "the rate of real clips the fpr rule and calibration_cache_dir may call fake "
-               "(under the fpr rule a sync model gives half to its sync evidence; on calibration_cache_dir both "
-               "make one test)", fraction),
+               "(for a sync model one test over P(fake) and its sync evidence)", fraction),
         text("calibration_cache_dir", "", "optional cache of real clips only from your target domain (01_preprocess "
              "with real_only): the thresholds set there at target_fpr, the rate shown on its held-out half"),
     ),
