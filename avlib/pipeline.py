@@ -31,6 +31,7 @@ from avlib.core.params import load_params
 from avlib.core.paths import NOTEBOOKS_DIR, REPO_ROOT, portable, read_json, resolve, write_csv
 from avlib.core.progress import format_duration
 from avlib.reference import write_reference
+from avlib.scoring.calibration import too_few_clips
 from avlib.stages.parameters import NOTEBOOKS, check_params_file, declaration
 
 REFERENCE_DIR = REPO_ROOT / "results" / "reference"
@@ -197,7 +198,7 @@ def test_set_lines(metrics: dict) -> list[str]:
     if domain and "held_out_real_called_fake" in domain:
         lines.append(f"thresholds set on {domain['cache_dir']} at {domain['target_fpr']:.1%}: "
                      f"{domain['held_out_real_called_fake']:.1%} of its {domain['n_held_out']} held-out real clips "
-                     f"called fake")
+                     f"called fake{too_few_clips(domain)}")
         for name, ext in (metrics.get("external") or {}).items():
             at = ext.get("at_domain_threshold")
             if at and "balanced_accuracy" in at:

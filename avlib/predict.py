@@ -51,7 +51,7 @@ from avlib.dataio.decode import DecodeError
 from avlib.dataio.inputs import InputLimits, InputRefused, expand_paths, parse_shard, take_shard
 from avlib.figures.plots import plot_timeline
 from avlib.models.detector import inference_model
-from avlib.scoring.calibration import apply_verdict, domain_verdict
+from avlib.scoring.calibration import apply_verdict, domain_verdict, too_few_clips
 from avlib.scoring.scorer import load_detector
 from avlib.scoring.videos import WindowPlan, score_videos, window_starts  # noqa: F401  (window_starts: also for users)
 
@@ -119,10 +119,11 @@ def calibrate_on(model, folder: list[str], verdict: dict, cfg: dict, device, *, 
     real = apply_verdict(verdict, pd.DataFrame(rows))
     domain, report = domain_verdict(verdict, real, target_fpr=target_fpr)
     held = report.get("held_out_real_called_fake")
+    p_side = "off (above 1)" if domain["threshold"] > 1 else f"{domain['threshold']:.3f}"
     print(f"thresholds set on {report['n_set']} of your {len(rows)} real videos at {target_fpr:.1%}: "
-          f"P(fake) {domain['threshold']:.3f}" + (f", sync {domain['sync']['threshold']:.3f}" if domain.get("sync") else "")
-          + (f"; the other {report['n_held_out']}: {held:.1%} called fake" if held is not None else ""),
-          file=sys.stderr)
+          f"P(fake) {p_side}" + (f", sync {domain['sync']['threshold']:.3f}" if domain.get("sync") else "")
+          + (f"; the other {report['n_held_out']}: {held:.1%} called fake" if held is not None else "")
+          + too_few_clips(report), file=sys.stderr)
     return domain
 
 

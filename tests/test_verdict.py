@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.optimize import minimize
 from sklearn.metrics import roc_auc_score
 
 from avlib import stages
@@ -20,8 +21,10 @@ from avlib.scoring.calibration import (
     fit_calibrator,
     fit_verdict,
     fpr_threshold,
+    joint_thresholds,
     sync_threshold,
     threshold_interval,
+    too_few_clips,
 )
 from avlib.scoring.metrics import calibration
 from tests.conftest import face_frames, tone
@@ -67,9 +70,14 @@ def test_platt_on_a_split_the_model_separates_is_no_step_function():
     assert cal["method"] == "platt" and cal["a"] == pytest.approx(5.0)
     fitted = calibrate(cal, 1 / (1 + np.exp(-np.linspace(-3, 3, 61))))
     assert np.all(np.diff(fitted) > 0) and 0.0 < fitted[30] < 1.0 and ((fitted > 0.01) & (fitted < 0.99)).sum() >= 10
-    # within the bound the fit is the unconstrained one
+    # within the bound the fit is the unconstrained one: the minimum of Platt's loss, found here by Nelder-Mead
     labels, probs = overconfident()
-    assert 0 < fit_calibrator(labels, probs, "platt")["a"] < 5.0
+    cal = fit_calibrator(labels, probs, "platt")
+    z, targets = np.log(probs / (1 - probs)), np.where(labels == 1, (labels.sum() + 1) / (labels.sum() + 2),
+                                                      1 / ((labels == 0).sum() + 2))
+    direct = minimize(lambda w: np.mean(np.logaddexp(0, w[0] * z + w[1]) - targets * (w[0] * z + w[1])), [1.0, 0.0],
+                      method="Nelder-Mead", options={"xatol": 1e-8, "fatol": 1e-12}).x
+    assert 0 < cal["a"] < 5.0 and [cal["a"], cal["b"]] == pytest.approx(list(direct), abs=1e-3)
 
 
 def test_temperature_keeps_the_side_of_one_half_and_refuses_unknown_methods():
@@ -166,6 +174,23 @@ def test_a_sync_models_domain_thresholds_are_one_test_at_the_whole_budget():
         joint = np.maximum((np.log(probe["p_fake"] / (1 - probe["p_fake"])) - mz) / sz, (probe["sync_score"] - ms) / ss)
         assert (apply_verdict({**domain, "calibration": {"method": "none"}}, probe)["pred"] == (joint > t)).all()
     assert np.mean(rates) == pytest.approx(1 / 21, abs=0.015)
+
+
+def test_joint_thresholds_beyond_the_logits_reach_switch_the_classifier_off_and_refuse_nan():
+    # 19 reals at P 0.5 and one with a sync anomaly of 20 sd: t = 20, beyond logit(1 - 1e-6) = 13.8,
+    # so no P(fake) can pass the joint test's classifier side, not even one a hair below 1
+    scale = {"classifier": [0.0, 1.0], "sync": [0.0, 1.0]}
+    p_threshold, sync_bound = joint_thresholds(scale, [0.5] * 20, [0.0] * 19 + [20.0], 0.05)
+    assert p_threshold > 1.0 and sync_bound == pytest.approx(20.0)
+    out = apply_verdict({"calibration": {"method": "none"}, "threshold": p_threshold,
+                         "sync": {"threshold": sync_bound, "real_scores": [0.0] * 19 + [20.0]}},
+                        pd.DataFrame({"p_fake": [1 - 1e-9, 0.5], "sync_score": [0.0, 20.5]}))
+    assert list(out["pred"]) == [0, 1]
+    with pytest.raises(ValueError, match="1 of the 20 real clips have no finite"):
+        joint_thresholds(scale, [0.5] * 20, [0.0] * 19 + [float("nan")], 0.05)
+    report = {"n_set": 10, "target_fpr": 0.05, "least_rate": 1 / 11}
+    assert "no threshold promises less than 9.1%" in too_few_clips(report)
+    assert too_few_clips({**report, "n_set": 19, "least_rate": 1 / 20}) == ""
 
 
 def test_the_fpr_rule_of_a_sync_model_is_one_test_at_the_whole_budget_on_validation_too():

@@ -27,7 +27,7 @@ THRESHOLD_RULES = ("balanced", "fpr")
 EPS = 1e-6
 # Platt's slope on the logit at most 5, as temperature scaling's T at least 0.2: on a validation split
 # the model separates almost perfectly, a fit to 0/1 targets gave the demo's concat model slopes of
-# 28-59, which turned its probabilities into 0 or 1. Platt's own targets keep it finite (0.9-1.0 there);
+# 28-59, which turned its probabilities into 0 or 1. Platt's own targets keep it finite (0.86-1.05 there);
 # the bound stays for splits whose two classes lie closer than any slope of 5 can resolve
 PLATT_MAX_SLOPE = 5.0
 
@@ -228,17 +228,26 @@ def joint_thresholds(scale: dict, p_fake, sync_scores, alpha: float) -> tuple[fl
     is FAKE when either evidence lies more than t of the real clips' sd (`scale`, real_scale)
     beyond their mean, t the conformal bound (sync_threshold) of the real clips' joint anomaly
     max((z - m_z) / s_z, (sync - m_s) / s_s). That test is exactly the two thresholds returned,
-    so apply_verdict needs nothing new. Against two tests at alpha / 2 each, the union of whose
-    false positives can reach alpha (each is set on the largest of 20 clips, so ~1/21 each), a
-    new real clip of the same kind exceeds this one with probability <= alpha, when `scale` was
-    fitted on other clips."""
+    so apply_verdict needs nothing new (a P(fake) threshold above 1: that side never fires).
+    Two tests at alpha / 2 each, each set on the largest of 20 clips, call a new real clip ~2/21
+    of the time; with `scale` fitted on other clips this one calls it at most
+    max(alpha, 1/(n + 1)) of the time, n the real clips it is set on: fewer than 1/alpha - 1
+    clips cannot promise alpha. Raises ValueError for a non-finite score."""
     (mz, sz), (ms, ss) = scale["classifier"], scale["sync"]
     p_fake, sync_scores = np.asarray(p_fake, float), np.asarray(sync_scores, float)
+    bad = int((~np.isfinite(p_fake) | ~np.isfinite(sync_scores)).sum())
+    if bad:
+        raise ValueError(f"{bad} of the {p_fake.size} real clips have no finite P(fake) or sync score: "
+                         f"the thresholds cannot be set on them (a diverged model?)")
     anomaly = np.maximum((logit(p_fake) - mz) / sz, (sync_scores - ms) / ss)
     t = sync_threshold(anomaly, alpha)
     within = anomaly <= t                # these stay REAL: the max() guards against rounding in the way back
-    return (float(np.nextafter(max(sigmoid(mz + t * sz), p_fake[within].max()), np.inf)),
-            float(max(ms + t * ss, sync_scores[within].max())))
+    edge = mz + t * sz
+    if edge >= logit(1.0):               # beyond the clipped logit's reach: the classifier side never fires
+        classifier = float(np.nextafter(1.0, np.inf))
+    else:
+        classifier = float(np.nextafter(max(sigmoid(edge), p_fake[within].max()), np.inf))
+    return classifier, float(max(ms + t * ss, sync_scores[within].max()))
 
 
 def apply_verdict(verdict: dict, pred: pd.DataFrame) -> pd.DataFrame:
@@ -289,6 +298,14 @@ def verdict_report(pred: pd.DataFrame, verdict: dict) -> dict:
     return report
 
 
+def too_few_clips(report: dict) -> str:
+    """'' or a note for a domain_verdict report whose real clips are too few for its target rate."""
+    least = report.get("least_rate", 0.0)
+    if least <= report["target_fpr"]:
+        return ""
+    return f" (set on {report['n_set']} real clips: no threshold promises less than {least:.1%}; give it more)"
+
+
 def domain_verdict(verdict: dict, real: pd.DataFrame, *, target_fpr: float, seed: int = 0) -> tuple[dict, dict]:
     """(verdict for the target domain, its report) from a real-only set of that domain (`real`:
     apply_verdict's columns). Half of its identities (of its clips, when it names none) set the
@@ -321,6 +338,7 @@ def domain_verdict(verdict: dict, real: pd.DataFrame, *, target_fpr: float, seed
     else:
         domain["threshold"] = fpr_threshold(part["p_fake"], target_fpr)
     report = {"n_set": int(len(part)), "n_held_out": int(len(held)), "threshold": domain["threshold"],
+              "least_rate": 1.0 / (len(part) + 1),       # what n real clips can promise at best
               "sync_threshold": domain["sync"]["threshold"] if has_sync else None, "target_fpr": float(target_fpr)}
     if len(held):
         report["held_out_real_called_fake"] = float(apply_verdict(domain, held.assign(p_fake=held["p_fake_raw"]))

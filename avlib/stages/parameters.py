@@ -165,7 +165,8 @@ DECLARATIONS: dict[str, tuple[Param, ...]] = {
         choice("threshold_rule", "balanced", "the decision threshold on val: max balanced accuracy, or at most "
                "target_fpr of the real clips called fake", THRESHOLD_RULES),
         number("target_fpr", 0.05, "the rate of real clips the fpr rule and calibration_cache_dir may call fake "
-               "(for a sync model one test over P(fake) and its sync evidence)", fraction),
+               "(a sync model: one test over P(fake) and its sync evidence there; under the balanced rule its "
+               "sync evidence alone at target_fpr / 2)", fraction),
         text("calibration_cache_dir", "", "optional cache of real clips only from your target domain (01_preprocess "
              "with real_only): the thresholds set there at target_fpr, the rate shown on its held-out half"),
     ),
