@@ -193,7 +193,7 @@ def fit_verdict(val: pd.DataFrame, *, calibration: str = "temperature", rule: st
                "threshold": None, "threshold_ci95": None,            # below, once the sync branch is known
                "source": "val", "n_real": int((labels == 0).sum()), "n_fake": int((labels == 1).sum()),
                "sync": None}
-    pick = None
+    pick, threshold = None, None
     if has_sync:
         real = calibrated[labels == 0]
         scale = real_scale(real["p_fake"], real["sync_score"])
@@ -201,13 +201,14 @@ def fit_verdict(val: pd.DataFrame, *, calibration: str = "temperature", rule: st
             def pick(sample):
                 sample = sample[sample["label"] == 0]
                 return joint_thresholds(scale, sample["p_fake"], sample["sync_score"], target_fpr)[0]
-            alpha, bound = target_fpr, joint_thresholds(scale, real["p_fake"], real["sync_score"], target_fpr)[1]
+            alpha = target_fpr
+            threshold, bound = joint_thresholds(scale, real["p_fake"], real["sync_score"], target_fpr)
         else:
             alpha = target_fpr / 2
             bound = sync_threshold(real["sync_score"], alpha)
         verdict["sync"] = {"alpha": alpha, "threshold": bound, "scale": scale,
                            "real_scores": [float(s) for s in np.sort(real["sync_score"].to_numpy(float))]}
-    verdict["threshold"] = pick(calibrated) if pick else choose(labels, calibrated["p_fake"], rule, target_fpr)
+    verdict["threshold"] = threshold if pick else choose(labels, calibrated["p_fake"], rule, target_fpr)
     verdict["threshold_ci95"] = threshold_interval(calibrated, rule, target_fpr, n_boot=n_boot, pick=pick)
     return verdict
 
