@@ -17,6 +17,17 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _inductor_cache_of_this_session(tmp_path_factory):
+    """torch.compile's kernels and graphs go to a cache of this test session alone (subprocesses
+    inherit it). Inductor's cache (default /tmp/torchinductor_<user>) is not keyed on
+    ATEN_CPU_CAPABILITY (PyTorch 2.14.1): entries written by a run told to compute as an AVX2 CPU
+    and read by a native run, or the other way round, scored the compiled inference copy 0.49
+    off or aborted the process (tests/test_model.py::test_compiled_inference_copy_scores_like_the_model).
+    So no test reads what another process left there."""
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path_factory.mktemp("torchinductor"))
+
+
 def face_frames(n: int, h: int = 64, w: int = 64, seed: int = 0) -> list[np.ndarray]:
     """Moving-gradient RGB frames whose brightness encodes the frame number (frame i -> 4 i)."""
     rng = np.random.default_rng(seed)
